@@ -1,0 +1,145 @@
+//! Serving HTTP for plugins: the host runs the axum servers, on the host's address for
+//! plugins granted a path prefix and on addresses of their own for the others, and hands
+//! each request to the plugin's `http-handler`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::bindings::http_types::Request;
+use crate::plugins::manifest::ListenGrant;
+use crate::plugins::runner::HttpEndpoint;
+
+/// Longest the host waits for a plugin's answer before answering 504 itself.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Clone)]
+struct Route {
+    /// Empty for a plugin with an address of its own.
+    prefix: String,
+    endpoint: HttpEndpoint,
+}
+
+#[derive(Clone)]
+struct Routes {
+    routes: Arc<Vec<Route>>,
+    max_body_bytes: usize,
+}
+
+/// A server that is listening; dropping it does not stop it, `shutdown` does.
+pub struct BoundServer {
+    pub address: SocketAddr,
+    pub plugins: Vec<String>,
+    shutdown: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl BoundServer {
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.task.await;
+    }
+}
+
+/// Binds one server for all prefix routes (on `host_listen`) and one per plugin with an
+/// address of its own. Must run inside a tokio runtime.
+pub async fn serve(host_listen: &str, grants: Vec<(ListenGrant, HttpEndpoint)>, max_body_bytes: usize) -> Result<Vec<BoundServer>> {
+    let mut shared = Vec::new();
+    let mut servers = Vec::new();
+    for (grant, endpoint) in grants {
+        match (grant.prefix, grant.address) {
+            (Some(prefix), _) => shared.push(Route { prefix, endpoint }),
+            (None, Some(address)) => {
+                let plugin = endpoint.plugin.clone();
+                let routes = vec![Route { prefix: String::new(), endpoint }];
+                let server = bind(&address, routes, max_body_bytes).await.with_context(|| format!("plugin `{plugin}`: cannot listen on {address}"))?;
+                servers.push(server);
+            }
+            (None, None) => {}
+        }
+    }
+    if !shared.is_empty() {
+        shared.sort_by_key(|route| std::cmp::Reverse(route.prefix.len()));
+        servers.push(bind(host_listen, shared, max_body_bytes).await.with_context(|| format!("cannot listen on {host_listen} (http.listen)"))?);
+    }
+    Ok(servers)
+}
+
+async fn bind(address: &str, routes: Vec<Route>, max_body_bytes: usize) -> Result<BoundServer> {
+    let listener = tokio::net::TcpListener::bind(address).await?;
+    let address = listener.local_addr()?;
+    let plugins = routes.iter().map(|route| format!("{}{}", route.endpoint.plugin, if route.prefix.is_empty() { String::new() } else { format!(" at {}", route.prefix) })).collect();
+    let state = Routes {
+        routes: Arc::new(routes),
+        max_body_bytes,
+    };
+    let app = axum::Router::new().fallback(forward).with_state(state);
+    let (shutdown, mut stopped) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(async move {
+        let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        });
+        if let Err(error) = server.await {
+            tracing::error!("HTTP server on {address} failed: {error}");
+        }
+    });
+    Ok(BoundServer { address, plugins, shutdown, task })
+}
+
+fn error_response(status: StatusCode, code: &str, message: String) -> Response {
+    (status, axum::Json(json!({ "message": message, "error": { "code": code, "message": message } }))).into_response()
+}
+
+async fn forward(State(state): State<Routes>, request: axum::extract::Request) -> Response {
+    let path = request.uri().path().to_string();
+    let Some(route) = state.routes.iter().find(|route| {
+        route.prefix.is_empty() || path == route.prefix || path.strip_prefix(&route.prefix).is_some_and(|rest| rest.starts_with('/'))
+    }) else {
+        return error_response(StatusCode::NOT_FOUND, "not_found", format!("no plugin serves {path}"));
+    };
+    let inner_path = match &path[route.prefix.len()..] {
+        "" => "/".to_string(),
+        rest => rest.to_string(),
+    };
+    let (parts, body) = request.into_parts();
+    let body = match axum::body::to_bytes(body, state.max_body_bytes).await {
+        Ok(body) => body,
+        Err(_) => {
+            return error_response(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", format!("request body exceeds {} bytes", state.max_body_bytes));
+        }
+    };
+    let request = Request {
+        method: parts.method.as_str().to_string(),
+        target: inner_path,
+        query: parts.uri.query().unwrap_or("").to_string(),
+        headers: parts
+            .headers
+            .iter()
+            .filter_map(|(name, value)| Some((name.as_str().to_string(), value.to_str().ok()?.to_string())))
+            .collect(),
+        body: body.to_vec(),
+    };
+    let answer = tokio::time::timeout(ANSWER_TIMEOUT, route.endpoint.call(request)).await;
+    let response = match answer {
+        Ok(Some(response)) => response,
+        Ok(None) => return error_response(StatusCode::SERVICE_UNAVAILABLE, "plugin_stopped", format!("plugin `{}` has stopped", route.endpoint.plugin)),
+        Err(_) => return error_response(StatusCode::GATEWAY_TIMEOUT, "plugin_timeout", format!("plugin `{}` did not answer in time", route.endpoint.plugin)),
+    };
+    let status = StatusCode::from_u16(response.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut built = Response::builder().status(status);
+    for (name, value) in &response.headers {
+        if let (Ok(name), Ok(value)) = (HeaderName::try_from(name.as_str()), HeaderValue::try_from(value.as_str())) {
+            built = built.header(name, value);
+        }
+    }
+    built
+        .body(Body::from(response.body))
+        .unwrap_or_else(|error| error_response(StatusCode::BAD_GATEWAY, "bad_plugin_response", format!("plugin `{}` answered an invalid response: {error}", route.endpoint.plugin)))
+}

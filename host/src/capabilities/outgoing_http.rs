@@ -1,0 +1,299 @@
+//! The `outgoing-http` import: the host performs a plugin's HTTP requests, only to the
+//! URLs its manifest grants, and attaches the granted credential itself so the secret
+//! never enters the plugin's memory.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use base64::Engine as _;
+use reqwest::Url;
+use serde::Deserialize;
+
+use crate::bindings::http_types::{Request, Response};
+use crate::bindings::outgoing_http::{Host, SendError};
+use crate::capabilities::secrets::Secrets;
+
+/// `[[grants.outbound]]`: one scheme, host (or `*.domain`) and port the plugin may call.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct OutboundGrant {
+    /// `scheme://host[:port]`; the port defaults to the scheme's.
+    pub url: String,
+    /// A credential the host adds to every request to this URL.
+    #[serde(default)]
+    pub credential: Option<Credential>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Credential {
+    /// The name of a secret the host configuration says how to read.
+    pub secret: String,
+    pub scheme: CredentialScheme,
+    /// For `basic`: the user name (W&B uses `api`).
+    #[serde(default)]
+    pub username: Option<String>,
+    /// For `header`: the header that carries the secret.
+    #[serde(default)]
+    pub header: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum CredentialScheme {
+    Basic,
+    Bearer,
+    Header,
+}
+
+/// A parsed grant pattern.
+#[derive(Debug, Clone, PartialEq)]
+struct Origin {
+    scheme: String,
+    host: String,
+    port: u16,
+}
+
+impl OutboundGrant {
+    pub fn check(&self) -> Result<()> {
+        parse_pattern(&self.url).with_context(|| format!("grants.outbound url `{}`", self.url))?;
+        if let Some(credential) = &self.credential {
+            match credential.scheme {
+                CredentialScheme::Header if credential.header.is_none() => {
+                    bail!("grants.outbound credential with scheme `header` needs `header = \"Header-Name\"`")
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn matches(&self, url: &Url) -> bool {
+        let Ok(pattern) = parse_pattern(&self.url) else { return false };
+        let (Some(host), Some(port)) = (url.host_str(), url.port_or_known_default()) else {
+            return false;
+        };
+        let host = host.to_ascii_lowercase();
+        let host_matches = match pattern.host.strip_prefix("*.") {
+            Some(domain) => host.len() > domain.len() + 1 && host.ends_with(&format!(".{domain}")),
+            None => host == pattern.host,
+        };
+        url.scheme() == pattern.scheme && port == pattern.port && host_matches
+    }
+}
+
+fn parse_pattern(pattern: &str) -> Result<Origin> {
+    let (scheme, rest) = pattern.split_once("://").context("needs a scheme, as in https://host")?;
+    anyhow::ensure!(scheme == "http" || scheme == "https", "scheme must be http or https");
+    let rest = rest.trim_end_matches('/');
+    anyhow::ensure!(!rest.contains('/'), "must be scheme://host[:port] without a path");
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((host, port)) if !host.ends_with(']') || rest.starts_with('[') => {
+            (host, port.parse::<u16>().with_context(|| format!("port `{port}` is not a number"))?)
+        }
+        _ => (rest, if scheme == "https" { 443 } else { 80 }),
+    };
+    anyhow::ensure!(!host.is_empty(), "host is empty");
+    let bare = host.strip_prefix("*.").unwrap_or(host);
+    anyhow::ensure!(!bare.contains('*'), "a wildcard may only be a leading `*.`");
+    Ok(Origin {
+        scheme: scheme.to_string(),
+        host: host.to_ascii_lowercase(),
+        port,
+    })
+}
+
+/// One request a plugin sent and what it got back, as the recording stand-in keeps it.
+#[derive(Debug, Clone)]
+pub struct Exchange {
+    pub request: Request,
+    pub response: Result<Response, String>,
+}
+
+/// Answers requests in place of the network, for running a plugin alone.
+pub type Responder = Arc<dyn Fn(&Request) -> Response + Send + Sync>;
+
+/// Where granted requests go.
+#[derive(Clone)]
+pub enum Transport {
+    Network(reqwest::blocking::Client),
+    /// Requests are recorded and answered by `responder` (by default `200 {}`).
+    Recording { exchanges: Arc<Mutex<Vec<Exchange>>>, responder: Responder },
+}
+
+impl Transport {
+    pub fn network() -> Result<Transport> {
+        let client = reqwest::blocking::Client::builder()
+            .user_agent(concat!("telemetry-host/", env!("CARGO_PKG_VERSION")))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .context("cannot build the HTTP client")?;
+        Ok(Transport::Network(client))
+    }
+
+    pub fn recording(exchanges: Arc<Mutex<Vec<Exchange>>>) -> Transport {
+        let responder: Responder = Arc::new(|_| Response {
+            status: 200,
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: b"{}".to_vec(),
+        });
+        Transport::Recording { exchanges, responder }
+    }
+}
+
+/// The capability as one plugin's store holds it.
+pub struct OutgoingHttp {
+    plugin: Arc<str>,
+    grants: Vec<OutboundGrant>,
+    secrets: Secrets,
+    transport: Transport,
+    /// When the current call into the plugin must end; requests are cut short to keep it.
+    pub call_deadline: Option<Instant>,
+    pub denied: Arc<AtomicU64>,
+}
+
+impl OutgoingHttp {
+    pub fn new(plugin: &str, grants: Vec<OutboundGrant>, secrets: Secrets, transport: Transport) -> OutgoingHttp {
+        OutgoingHttp {
+            plugin: plugin.into(),
+            grants,
+            secrets,
+            transport,
+            call_deadline: None,
+            denied: Arc::default(),
+        }
+    }
+
+    fn deny(&self, url: &Url) -> SendError {
+        self.denied.fetch_add(1, Ordering::Relaxed);
+        let origin = format!("{}://{}:{}", url.scheme(), url.host_str().unwrap_or(""), url.port_or_known_default().unwrap_or(0));
+        let granted: Vec<&str> = self.grants.iter().map(|grant| grant.url.as_str()).collect();
+        let message = if granted.is_empty() {
+            format!("plugin `{}` may not call {origin}: its manifest grants no outbound host", self.plugin)
+        } else {
+            format!("plugin `{}` may not call {origin}: its manifest grants only {}", self.plugin, granted.join(", "))
+        };
+        tracing::warn!(plugin = &*self.plugin, "denied outgoing request: {message}");
+        SendError::Denied(message)
+    }
+
+    fn credential_header(&self, credential: &Credential) -> Option<(String, String)> {
+        let secret = self.secrets.get(&credential.secret)?;
+        Some(match credential.scheme {
+            CredentialScheme::Basic => {
+                let user = credential.username.as_deref().unwrap_or("");
+                let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{secret}"));
+                ("authorization".into(), format!("Basic {token}"))
+            }
+            CredentialScheme::Bearer => ("authorization".into(), format!("Bearer {secret}")),
+            CredentialScheme::Header => (credential.header.clone().unwrap_or_default().to_ascii_lowercase(), secret.to_string()),
+        })
+    }
+}
+
+impl Host for OutgoingHttp {
+    fn send(&mut self, mut request: Request, timeout_ms: u32) -> Result<Response, SendError> {
+        let url = Url::parse(&request.target).map_err(|error| SendError::InvalidRequest(format!("`{}` is not an absolute URL: {error}", request.target)))?;
+        let Some(grant) = self.grants.iter().find(|grant| grant.matches(&url)) else {
+            return Err(self.deny(&url));
+        };
+        if let Some((name, value)) = grant.credential.as_ref().and_then(|credential| self.credential_header(credential)) {
+            request.headers.retain(|(header, _)| !header.eq_ignore_ascii_case(&name));
+            request.headers.push((name, value));
+        }
+        let mut timeout = Duration::from_millis(u64::from(timeout_ms.max(1)));
+        if let Some(deadline) = self.call_deadline {
+            // Leave the plugin a little time to handle the answer within its call limit.
+            let left = deadline.saturating_duration_since(Instant::now()).mul_f64(0.9);
+            timeout = timeout.min(left);
+        }
+        match &self.transport {
+            Transport::Network(client) => send_over_network(client, request, url, timeout),
+            Transport::Recording { exchanges, responder } => {
+                let response = responder(&request);
+                let mut recorded = request;
+                recorded.headers.retain(|(name, _)| !name.eq_ignore_ascii_case("authorization"));
+                exchanges.lock().expect("recording lock").push(Exchange {
+                    request: recorded,
+                    response: Ok(response.clone()),
+                });
+                Ok(response)
+            }
+        }
+    }
+}
+
+fn send_over_network(client: &reqwest::blocking::Client, request: Request, url: Url, timeout: Duration) -> Result<Response, SendError> {
+    if timeout.is_zero() {
+        return Err(SendError::Timeout);
+    }
+    let method = reqwest::Method::from_bytes(request.method.as_bytes()).map_err(|_| SendError::InvalidRequest(format!("`{}` is not an HTTP method", request.method)))?;
+    let mut builder = client.request(method, url).timeout(timeout).body(request.body);
+    for (name, value) in &request.headers {
+        builder = builder.header(name.as_str(), value.as_str());
+    }
+    let response = builder.send().map_err(|error| classify(&error))?;
+    let status = response.status().as_u16();
+    let headers = response
+        .headers()
+        .iter()
+        .map(|(name, value)| (name.to_string(), String::from_utf8_lossy(value.as_bytes()).into_owned()))
+        .collect();
+    let body = response.bytes().map_err(|error| classify(&error))?.to_vec();
+    Ok(Response { status, headers, body })
+}
+
+fn classify(error: &reqwest::Error) -> SendError {
+    if error.is_timeout() {
+        SendError::Timeout
+    } else if error.is_builder() {
+        SendError::InvalidRequest(error.to_string())
+    } else {
+        // The error chain says why (refused, reset, DNS); the URL is the plugin's own.
+        let mut message = error.to_string();
+        let mut source = std::error::Error::source(error);
+        while let Some(cause) = source {
+            message.push_str(": ");
+            message.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        SendError::Connection(message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grant(url: &str) -> OutboundGrant {
+        OutboundGrant { url: url.into(), credential: None }
+    }
+
+    #[test]
+    fn grants_match_scheme_host_and_port() {
+        let url = |text: &str| Url::parse(text).unwrap();
+        assert!(grant("https://api.wandb.ai").matches(&url("https://api.wandb.ai/graphql")));
+        assert!(grant("https://api.wandb.ai:443").matches(&url("https://API.wandb.ai/x")));
+        assert!(!grant("https://api.wandb.ai").matches(&url("http://api.wandb.ai/x")));
+        assert!(!grant("https://api.wandb.ai").matches(&url("https://api.wandb.ai:8443/x")));
+        assert!(!grant("https://api.wandb.ai").matches(&url("https://api.wandb.ai.evil.com/x")));
+        assert!(grant("https://*.example.com").matches(&url("https://a.b.example.com/")));
+        assert!(!grant("https://*.example.com").matches(&url("https://example.com/")));
+        assert!(!grant("https://*.example.com").matches(&url("https://badexample.com/")));
+        assert!(grant("http://127.0.0.1:9000").matches(&url("http://127.0.0.1:9000/files")));
+    }
+
+    #[test]
+    fn malformed_patterns_are_refused() {
+        for pattern in ["api.wandb.ai", "ftp://x", "https://x/path", "https://a*.b", "https://x:port"] {
+            assert!(grant(pattern).check().is_err(), "{pattern}");
+        }
+    }
+}
+
+/// Links the `outgoing-http` import, reading the capability out of the store's data with `get`.
+pub fn add_to_linker<T: 'static>(linker: &mut wasmtime::component::Linker<T>, get: fn(&mut T) -> &mut OutgoingHttp) -> wasmtime::Result<()> {
+    crate::bindings::outgoing_http::add_to_linker::<T, wasmtime::component::HasSelf<OutgoingHttp>>(linker, get)
+}

@@ -1,0 +1,185 @@
+//! Telemetry in: samples (JSON objects) become rows of the history. For now from NDJSON
+//! (a file or stdin) or a built-in demo generator.
+
+pub mod transforms;
+
+use std::collections::HashMap;
+use std::io::BufRead;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+
+use crate::config::TelemetryConfig;
+use crate::history::SharedHistory;
+use transforms::{Fault, RowBuilder};
+
+/// Largest accepted NDJSON line; longer lines are refused without being parsed.
+pub const MAX_LINE_BYTES: usize = 1 << 20;
+
+/// Turns samples into rows of the shared history and says when plugins should be updated.
+pub struct Ingest {
+    rows: RowBuilder,
+    history: SharedHistory,
+    update_interval: u64,
+    log_keys: Vec<usize>,
+    since_update: u64,
+    faults: HashMap<String, u64>,
+    field_faults: Vec<Fault>,
+    pub accepted: u64,
+    pub refused: u64,
+}
+
+/// What happened to one sample.
+#[derive(Debug, PartialEq)]
+pub enum Outcome {
+    /// Stored; `update_due` says the update interval was reached.
+    Accepted { update_due: bool },
+    Refused(String),
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_millis() as i64)
+}
+
+impl Ingest {
+    pub fn new(config: &TelemetryConfig, history: SharedHistory) -> Ingest {
+        let log_keys = {
+            let history = history.read().expect("history lock");
+            config.log_keys.iter().filter_map(|key| history.series_index(key)).collect()
+        };
+        Ingest {
+            rows: RowBuilder::new(config.transforms.clone(), config.moving_average),
+            history,
+            update_interval: config.update_interval,
+            log_keys,
+            since_update: 0,
+            faults: HashMap::new(),
+            field_faults: Vec::new(),
+            accepted: 0,
+            refused: 0,
+        }
+    }
+
+    /// Parses and stores one NDJSON line; `origin` says where it came from in logs.
+    pub fn accept_line(&mut self, line: &[u8], origin: &str) -> Outcome {
+        if line.len() > MAX_LINE_BYTES {
+            return self.refuse("line-too-long", format!("{origin}: line of {} bytes exceeds the limit of {MAX_LINE_BYTES}", line.len()));
+        }
+        let sample: Value = match serde_json::from_slice(line) {
+            Ok(sample) => sample,
+            Err(error) => return self.refuse("invalid-json", format!("{origin}: invalid JSON: {error}")),
+        };
+        self.accept(&sample, origin)
+    }
+
+    /// Stores one sample.
+    pub fn accept(&mut self, sample: &Value, origin: &str) -> Outcome {
+        if !sample.is_object() {
+            return self.refuse("not-an-object", format!("{origin}: a sample must be a JSON object"));
+        }
+        let row = match self.rows.row(sample, &mut self.field_faults) {
+            Ok(row) => row,
+            Err(fault) => return self.refuse(&fault_kind(&fault), format!("{origin}: sample refused: {fault}")),
+        };
+        for fault in std::mem::take(&mut self.field_faults) {
+            self.count_fault(fault_kind(&fault), || format!("{origin}: {fault}; stored as NaN"));
+        }
+        self.history.write().expect("history lock").push_row(now_ms(), &row);
+        self.accepted += 1;
+        self.since_update += 1;
+        let update_due = self.since_update >= self.update_interval;
+        if update_due {
+            self.since_update = 0;
+            self.log_update();
+        }
+        Outcome::Accepted { update_due }
+    }
+
+    /// Reads NDJSON until the end of `reader`, calling `on_update` at every update
+    /// interval and once at the end.
+    pub fn read_ndjson(&mut self, reader: impl BufRead, origin: &str, mut on_update: impl FnMut()) -> std::io::Result<()> {
+        for (index, line) in reader.split(b'\n').enumerate() {
+            let line = line?;
+            let line = line.strip_suffix(b"\r").unwrap_or(&line);
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            if let Outcome::Accepted { update_due: true } = self.accept_line(line, &format!("{origin}:{}", index + 1)) {
+                on_update();
+            }
+        }
+        on_update();
+        Ok(())
+    }
+
+    /// Generates episodes of a fake training run forever, `per_second` samples a second.
+    pub fn run_demo(&mut self, per_second: u32, mut on_update: impl FnMut(), mut keep_going: impl FnMut() -> bool) {
+        let mut episode = 0u64;
+        let mut total_steps = 0u64;
+        let pause = Duration::from_secs_f64(1.0 / f64::from(per_second.max(1)));
+        while keep_going() {
+            episode += 1;
+            let progress = 1.0 - (-(episode as f64) / 500.0).exp();
+            let noise = ((episode as f64 * 12.9898).sin() * 43758.5453).fract();
+            let steps = 200 + (noise.abs() * 300.0) as u64;
+            total_steps += steps;
+            let sample = serde_json::json!({
+                "ep_reward": -100.0 + 400.0 * progress + 80.0 * noise,
+                "ep_steps": steps,
+                "total_steps": total_steps,
+                "model_id": episode / 10,
+            });
+            if let Outcome::Accepted { update_due: true } = self.accept(&sample, "demo") {
+                on_update();
+            }
+            std::thread::sleep(pause);
+        }
+    }
+
+    /// How many samples or values failed, by kind of fault.
+    pub fn faults(&self) -> &HashMap<String, u64> {
+        &self.faults
+    }
+
+    fn refuse(&mut self, kind: &str, message: String) -> Outcome {
+        self.refused += 1;
+        self.count_fault(kind.to_string(), || message.clone());
+        Outcome::Refused(message)
+    }
+
+    /// Logs the first fault of each kind; later ones are only counted.
+    fn count_fault(&mut self, kind: String, message: impl FnOnce() -> String) {
+        let count = self.faults.entry(kind.clone()).or_insert(0);
+        *count += 1;
+        if *count == 1 {
+            tracing::warn!(fault = %kind, "{} (further faults of this kind are counted, not logged)", message());
+        }
+    }
+
+    fn log_update(&self) {
+        if self.log_keys.is_empty() {
+            return;
+        }
+        let history = self.history.read().expect("history lock");
+        let last = history.row_count().saturating_sub(1);
+        let names = history.series_names();
+        let fields: Vec<String> = self
+            .log_keys
+            .iter()
+            .map(|&index| {
+                let value = history.read_series(&names[index], last, 1).ok().and_then(|v| v.first().copied()).unwrap_or(f64::NAN);
+                format!("{}: {value:.3}", names[index])
+            })
+            .collect();
+        tracing::info!(rows = last + 1, "{}", fields.join(" | "));
+    }
+}
+
+fn fault_kind(fault: &Fault) -> String {
+    match fault {
+        Fault::MissingKey(key) => format!("missing-key:{key}"),
+        Fault::NotNumeric(key) => format!("not-numeric:{key}"),
+        Fault::NoElement { key, .. } => format!("no-element:{key}"),
+        Fault::NothingReadable => "nothing-readable".into(),
+    }
+}

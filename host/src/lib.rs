@@ -1,0 +1,19 @@
+//! telemetry-host: collects telemetry samples of a distributed training run into a
+//! history of named series and fans every update out to connectors that run as
+//! sandboxed WebAssembly components.
+//!
+//! - [`ingest`]: samples in, transforms, moving averages;
+//! - [`history`]: the columnar history and its downsampled reads;
+//! - [`plugins`]: manifests, loading, instances, runners;
+//! - [`capabilities`]: what a plugin may be granted, one module each;
+//! - [`node`]: the `run` command tying them together;
+//! - [`isolation`]: one plugin alone, for `plugin test` and the test kit.
+
+pub mod bindings;
+pub mod capabilities;
+pub mod config;
+pub mod history;
+pub mod ingest;
+pub mod isolation;
+pub mod node;
+pub mod plugins;

@@ -1,0 +1,163 @@
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+use telemetry_host::config::{DEFAULT_CONFIG, HostConfig};
+use telemetry_host::isolation::{IsolatedPlugin, IsolationOptions};
+use telemetry_host::node::{self, Input, NodeOptions};
+use telemetry_host::plugins::loader::{ComponentShape, Runtime};
+
+/// A telemetry node for distributed training runs: samples in, named series out to
+/// sandboxed WebAssembly connectors.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs the node: ingest, history, and every plugin of the plugin directory.
+    Run {
+        /// The host configuration (TOML); the built-in default if omitted.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The plugin directory: one folder per plugin, each with a plugin.toml.
+        #[arg(long, default_value = "plugins")]
+        plugins: PathBuf,
+        /// Samples as NDJSON: a file, `-` for stdin, or `demo` for a generated run.
+        #[arg(long, default_value = "-")]
+        input: String,
+        /// Samples per second of the `demo` input.
+        #[arg(long, default_value_t = 50)]
+        demo_rate: u32,
+        /// Keep serving after the input ends, until SIGINT or SIGTERM.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Works with one plugin.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
+    /// Prints the built-in default configuration.
+    DefaultConfig,
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Shows a component's world, imports, exports and the grants it needs.
+    Inspect {
+        /// A component (.wasm).
+        file: PathBuf,
+    },
+    /// Runs one plugin alone on samples and prints what it wrote, sent and logged.
+    Test {
+        /// A component (.wasm), its folder, or its plugin.toml.
+        file: PathBuf,
+        /// Samples as NDJSON.
+        #[arg(long)]
+        input: PathBuf,
+        /// Plugin configuration (TOML table), merged over the manifest's [config].
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Host configuration (transforms); the built-in default if omitted.
+        #[arg(long)]
+        host_config: Option<PathBuf>,
+        /// Keep the plugin's files here instead of a temporary directory.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,wasmtime=warn,cranelift=warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_config(path: Option<&PathBuf>) -> Result<HostConfig> {
+    match path {
+        Some(path) => HostConfig::load(path),
+        None => Ok(HostConfig::builtin_default()),
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Run { config, plugins, input, demo_rate, wait } => {
+            let input = match input.as_str() {
+                "-" => Input::Stdin,
+                "demo" => Input::Demo { per_second: demo_rate },
+                path => Input::File(path.into()),
+            };
+            let summary = node::run(NodeOptions {
+                config: load_config(config.as_ref())?,
+                plugins_dir: plugins,
+                input,
+                wait_after_input: wait,
+            })?;
+            anyhow::ensure!(summary.failed_plugins.is_empty(), "{} plugin(s) failed to load", summary.failed_plugins.len());
+            Ok(())
+        }
+        Command::DefaultConfig => {
+            print!("{DEFAULT_CONFIG}");
+            Ok(())
+        }
+        Command::Plugin { command: PluginCommand::Inspect { file } } => {
+            let runtime = Runtime::new(None)?;
+            let (component, _) = runtime.component(&file)?;
+            let shape = ComponentShape::of(&runtime.engine, &component);
+            println!("component: {}", file.display());
+            println!("world: {}", shape.world());
+            println!("imports:");
+            shape.imports.iter().for_each(|name| println!("  {name}"));
+            println!("exports:");
+            shape.exports.iter().for_each(|name| println!("  {name}"));
+            println!("grants it needs in plugin.toml:");
+            let grants = shape.needed_grants();
+            if grants.is_empty() {
+                println!("  none");
+            }
+            grants.iter().for_each(|grant| println!("  {grant}"));
+            Ok(())
+        }
+        Command::Plugin {
+            command: PluginCommand::Test { file, input, config, host_config, data_dir },
+        } => {
+            let plugin_config = match &config {
+                Some(path) => {
+                    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+                    toml::from_str(&text).map_err(|error| anyhow::anyhow!("{}: {error}", path.display()))?
+                }
+                None => toml::Table::new(),
+            };
+            let options = IsolationOptions {
+                host_config: load_config(host_config.as_ref())?,
+                plugin_config,
+                data_dir,
+                ..IsolationOptions::default()
+            };
+            let mut plugin = IsolatedPlugin::load(&file, options)?;
+            let samples = std::fs::read_to_string(&input).with_context(|| format!("cannot read {}", input.display()))?;
+            let refused = plugin.push_ndjson(&samples);
+            let outcome = plugin.start().and_then(|()| plugin.deliver()).and_then(|()| plugin.stop());
+            print!("{}", plugin.report());
+            if refused > 0 {
+                println!("{refused} sample(s) refused (see the log above)");
+            }
+            outcome.map_err(|failure| anyhow::anyhow!("plugin `{}` failed: {failure}", plugin.name()))
+        }
+    }
+}

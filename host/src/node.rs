@@ -1,0 +1,145 @@
+//! The `run` command: history, ingest, plugins and their HTTP servers, and a clean stop.
+
+use std::io::BufReader;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result};
+
+use crate::config::HostConfig;
+use crate::history::History;
+use crate::ingest::Ingest;
+use crate::ingest::transforms::series_names;
+use crate::plugins::PluginSet;
+use crate::plugins::loader::Runtime;
+
+/// Where samples come from.
+#[derive(Debug, Clone)]
+pub enum Input {
+    Stdin,
+    File(PathBuf),
+    /// A fake training run, this many samples a second, until stopped.
+    Demo { per_second: u32 },
+}
+
+pub struct NodeOptions {
+    pub config: HostConfig,
+    pub plugins_dir: PathBuf,
+    pub input: Input,
+    /// Keep serving after the input ends, until SIGINT/SIGTERM.
+    pub wait_after_input: bool,
+}
+
+/// What a run did, per plugin.
+#[derive(Debug, Clone)]
+pub struct RunSummary {
+    pub accepted: u64,
+    pub refused: u64,
+    pub plugins: Vec<(String, u64)>,
+    pub failed_plugins: Vec<String>,
+}
+
+enum Event {
+    InputDone(Result<()>),
+    Signal,
+}
+
+pub fn run(options: NodeOptions) -> Result<RunSummary> {
+    let config = options.config;
+    let history = History::new(series_names(&config.telemetry.transforms)).shared();
+    let runtime = Runtime::new(Some(config.runtime.cache_dir.clone()))?;
+    let plugins = PluginSet::start(&runtime, &options.plugins_dir, &config, &history)?;
+    let async_runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let servers = async_runtime.block_on(crate::capabilities::http_server::serve(&config.http.listen, plugins.http_routes(), config.http.max_body_bytes))?;
+    for server in &servers {
+        tracing::info!("serving {} on http://{}", server.plugins.join(", "), server.address);
+    }
+
+    let (events, event) = mpsc::channel();
+    let stopping = Arc::new(AtomicBool::new(false));
+    {
+        let events = events.clone();
+        async_runtime.spawn(async move {
+            wait_for_signal().await;
+            let _ = events.send(Event::Signal);
+        });
+    }
+    let ingest = Arc::new(Mutex::new(Ingest::new(&config.telemetry, history.clone())));
+    {
+        let (ingest, notifiers, stopping, input) = (ingest.clone(), plugins.notifiers(), stopping.clone(), options.input.clone());
+        std::thread::Builder::new().name("ingest".into()).spawn(move || {
+            let mut ingest = ingest.lock().expect("ingest lock");
+            let notify = || notifiers.iter().for_each(|notifier| notifier.notify());
+            let result = match input {
+                Input::Stdin => ingest.read_ndjson(std::io::stdin().lock(), "stdin", notify).context("reading stdin"),
+                Input::File(path) => std::fs::File::open(&path)
+                    .with_context(|| format!("cannot open input {}", path.display()))
+                    .and_then(|file| ingest.read_ndjson(BufReader::new(file), &path.display().to_string(), notify).with_context(|| format!("reading {}", path.display()))),
+                Input::Demo { per_second } => {
+                    ingest.run_demo(per_second, notify, || !stopping.load(Ordering::Relaxed));
+                    Ok(())
+                }
+            };
+            let _ = events.send(Event::InputDone(result));
+        })?;
+    }
+
+    let mut input_result = Ok(());
+    match event.recv() {
+        Ok(Event::InputDone(result)) => {
+            input_result = result;
+            if options.wait_after_input && input_result.is_ok() {
+                tracing::info!("input ended; serving until SIGINT or SIGTERM");
+                while let Ok(event) = event.recv() {
+                    if let Event::Signal = event {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(Event::Signal) | Err(_) => tracing::info!("stopping"),
+    }
+    stopping.store(true, Ordering::Relaxed);
+    plugins.notify_all();
+    let (accepted, refused) = match ingest.try_lock() {
+        Ok(ingest) => (ingest.accepted, ingest.refused),
+        Err(_) => {
+            let rows = history.read().expect("history lock").row_count();
+            (rows, 0)
+        }
+    };
+    let failed_plugins = plugins.failed.clone();
+    let stats: Vec<_> = plugins.runners.iter().map(|runner| (runner.name.clone(), runner.stats.clone())).collect();
+    plugins.stop_all();
+    let summary = RunSummary {
+        accepted,
+        refused,
+        plugins: stats.into_iter().map(|(name, stats)| (name, stats.rows_delivered.load(Ordering::Relaxed))).collect(),
+        failed_plugins,
+    };
+    async_runtime.block_on(async {
+        for server in servers {
+            server.shutdown().await;
+        }
+    });
+    tracing::info!(accepted = summary.accepted, refused = summary.refused, "stopped; rows delivered per plugin: {:?}", summary.plugins);
+    input_result.map(|()| summary)
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(_) => return std::future::pending().await,
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}

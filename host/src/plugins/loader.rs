@@ -1,0 +1,209 @@
+//! Loading plugins: the engine, one linker with every capability, and the checks that a
+//! component is one of ours and asks only for what its manifest grants, all before it is
+//! instantiated.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use wasmtime::component::{Component, InstancePre, Linker};
+use wasmtime::{Config, Engine};
+
+use super::cache::{ComponentCache, Origin};
+use super::instance::PluginState;
+use super::manifest::Manifest;
+use crate::bindings::{http_handler, names, telemetry_connector};
+use crate::capabilities;
+
+/// How often the epoch advances: the granularity of call time limits.
+pub const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// The engine and linker every plugin shares, and the epoch ticker behind call limits.
+pub struct Runtime {
+    pub engine: Engine,
+    linker: Linker<PluginState>,
+    cache: ComponentCache,
+    ticker_running: Arc<AtomicBool>,
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.ticker_running.store(false, Ordering::Relaxed);
+    }
+}
+
+/// A plugin whose component passed every check and is ready to instantiate.
+pub struct LoadedPlugin {
+    pub manifest: Manifest,
+    pub pre: InstancePre<PluginState>,
+    pub connector: telemetry_connector::GuestIndices,
+    pub http_handler: Option<http_handler::GuestIndices>,
+    /// The host path of the granted data directory.
+    pub data_dir: Option<PathBuf>,
+    pub load_time: Duration,
+    pub origin: Origin,
+}
+
+/// What a component imports and exports, as `plugin inspect` shows it.
+#[derive(Debug, Clone)]
+pub struct ComponentShape {
+    pub imports: Vec<String>,
+    pub exports: Vec<String>,
+}
+
+impl ComponentShape {
+    pub fn of(engine: &Engine, component: &Component) -> ComponentShape {
+        let ty = component.component_type();
+        ComponentShape {
+            imports: ty.imports(engine).map(|(name, _)| name.to_string()).collect(),
+            exports: ty.exports(engine).map(|(name, _)| name.to_string()).collect(),
+        }
+    }
+
+    /// The world of the contract this component targets, from what it imports and exports.
+    pub fn world(&self) -> &'static str {
+        match (self.exports.iter().any(|e| e == names::HTTP_HANDLER), self.imports.iter().any(|i| i == names::OUTGOING_HTTP)) {
+            (true, true) => "http-connector + outbound-connector",
+            (true, false) => "http-connector",
+            (false, true) => "outbound-connector",
+            (false, false) => "connector",
+        }
+    }
+
+    /// The manifest lines the component needs, one per capability beyond the basics.
+    pub fn needed_grants(&self) -> Vec<String> {
+        let mut grants = Vec::new();
+        if self.exports.iter().any(|e| e == names::HTTP_HANDLER) {
+            grants.push("[grants] listen = { prefix = \"/NAME\" }  (or { address = \"127.0.0.1:PORT\" })".into());
+        }
+        if self.imports.iter().any(|i| i == names::OUTGOING_HTTP) {
+            grants.push("[[grants.outbound]] url = \"https://HOST\"  (one per host it calls)".into());
+        }
+        if self.imports.iter().any(|i| i.starts_with("wasi:filesystem/")) {
+            grants.push("[grants] data_dir = { path = \"NAME\", access = \"read-write\" }  (only if it uses files; Rust's std always imports wasi:filesystem)".into());
+        }
+        grants
+    }
+}
+
+impl Runtime {
+    /// `cache_dir`: where compiled components are kept; `None` compiles every time.
+    pub fn new(cache_dir: Option<PathBuf>) -> Result<Runtime> {
+        let mut config = Config::new();
+        config.wasm_component_model(true).epoch_interruption(true);
+        let engine = Engine::new(&config)?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        capabilities::log::add_to_linker(&mut linker, |state: &mut PluginState| &mut state.log)?;
+        capabilities::history::add_to_linker(&mut linker, |state: &mut PluginState| &mut state.history)?;
+        capabilities::outgoing_http::add_to_linker(&mut linker, |state: &mut PluginState| &mut state.outgoing)?;
+        let ticker_running = Arc::new(AtomicBool::new(true));
+        let weak_engine = engine.weak();
+        let running = ticker_running.clone();
+        std::thread::Builder::new().name("epoch-ticker".into()).spawn(move || {
+            while running.load(Ordering::Relaxed) {
+                std::thread::sleep(EPOCH_TICK);
+                match weak_engine.upgrade() {
+                    Some(engine) => engine.increment_epoch(),
+                    None => return,
+                }
+            }
+        })?;
+        Ok(Runtime {
+            engine,
+            linker,
+            cache: ComponentCache::new(cache_dir),
+            ticker_running,
+        })
+    }
+
+    /// Reads and compiles (or loads from the cache) a component file, with a clear error
+    /// for anything that is not a component.
+    pub fn component(&self, path: &Path) -> Result<(Component, Origin)> {
+        let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        check_component_bytes(&bytes).with_context(|| format!("{} is not a telemetry-host plugin", path.display()))?;
+        self.cache.load(&self.engine, &bytes).with_context(|| format!("{} is not a valid WebAssembly component", path.display()))
+    }
+
+    /// Loads one plugin: compiles its component, checks it against the manifest and
+    /// prepares its instantiation.
+    pub fn load(&self, manifest: Manifest, data_root: &Path) -> Result<LoadedPlugin> {
+        let started = Instant::now();
+        let context = || format!("plugin `{}` ({})", manifest.name, manifest.source.display());
+        let (component, origin) = self.component(&manifest.component).with_context(context)?;
+        let shape = ComponentShape::of(&self.engine, &component);
+        check_against_manifest(&shape, &manifest).with_context(context)?;
+        let data_dir = match &manifest.grants.data_dir {
+            Some(grant) => Some(capabilities::filesystem::prepare_data_dir(grant, data_root).with_context(context)?),
+            None => None,
+        };
+        let pre = self.linker.instantiate_pre(&component).map_err(anyhow::Error::from).with_context(context)?;
+        let connector = telemetry_connector::GuestIndices::new(&pre).map_err(anyhow::Error::from).with_context(context)?;
+        let http_handler = match shape.exports.iter().any(|e| e == names::HTTP_HANDLER) {
+            true => Some(http_handler::GuestIndices::new(&pre).map_err(anyhow::Error::from).with_context(context)?),
+            false => None,
+        };
+        Ok(LoadedPlugin {
+            manifest,
+            pre,
+            connector,
+            http_handler,
+            data_dir,
+            load_time: started.elapsed(),
+            origin,
+        })
+    }
+}
+
+/// WebAssembly files start with `\0asm` and a version: 1 for core modules, a layer of 1
+/// for components.
+fn check_component_bytes(bytes: &[u8]) -> Result<()> {
+    match bytes.get(..8) {
+        Some([0x00, 0x61, 0x73, 0x6d, 0x0d, 0x00, 0x01, 0x00]) => Ok(()),
+        Some([0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00]) => {
+            bail!("it is a core WebAssembly module, not a component: build it for the wasm32-wasip2 target (or wrap it with `wasm-tools component new`)")
+        }
+        _ => bail!("it is not WebAssembly at all (no `\\0asm` header)"),
+    }
+}
+
+fn check_against_manifest(shape: &ComponentShape, manifest: &Manifest) -> Result<()> {
+    let source = manifest.source.display();
+    if !shape.exports.iter().any(|e| e == names::CONNECTOR) {
+        let ours: Vec<&String> = shape.exports.iter().filter(|e| e.starts_with(names::PACKAGE)).collect();
+        bail!(
+            "the component does not export `{}`{}; build it against a world of this host's wit/ (connector, http-connector or outbound-connector)",
+            names::CONNECTOR,
+            if ours.is_empty() { String::new() } else { format!(" (it exports {ours:?}: another version of the contract?)") }
+        );
+    }
+    for import in &shape.imports {
+        let known = import.starts_with("wasi:")
+            || [names::OUTGOING_HTTP, "telemetry:connector/log@0.1.0", "telemetry:connector/history@0.1.0", "telemetry:connector/types@0.1.0", "telemetry:connector/http-types@0.1.0"]
+                .contains(&import.as_str());
+        anyhow::ensure!(
+            known,
+            "the component imports `{import}`, which this host does not provide (it provides {}@{} and WASI 0.2)",
+            names::PACKAGE,
+            names::VERSION
+        );
+        if import == names::OUTGOING_HTTP && manifest.grants.outbound.is_empty() {
+            bail!(
+                "the component imports `{import}` but the manifest grants no outbound host; add to {source}:\n  [[grants.outbound]]\n  url = \"https://HOST\"  # each host it may call"
+            );
+        }
+    }
+    if shape.exports.iter().any(|e| e == names::HTTP_HANDLER) && manifest.grants.listen.is_none() {
+        bail!(
+            "the component exports `{}` but the manifest grants nowhere to serve it; add to {source}:\n  [grants]\n  listen = {{ prefix = \"/{}\" }}  # or {{ address = \"127.0.0.1:PORT\" }}",
+            names::HTTP_HANDLER,
+            manifest.name
+        );
+    }
+    if manifest.grants.listen.is_some() && !shape.exports.iter().any(|e| e == names::HTTP_HANDLER) {
+        tracing::warn!(plugin = %manifest.name, "the manifest grants `listen` but the component exports no `{}`; nothing will be served", names::HTTP_HANDLER);
+    }
+    Ok(())
+}

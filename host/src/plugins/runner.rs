@@ -1,0 +1,381 @@
+//! Feeding one plugin: a thread of its own, a cursor of its own. Ingest never waits for a
+//! plugin; a slow plugin gets bigger batches, a failed one is restarted with backoff from
+//! its cursor, so it receives every row exactly once as far as the host can tell.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use super::instance::{CallFailure, Instance, PluginEnv};
+use super::loader::LoadedPlugin;
+use crate::bindings::http_types::{Request, Response};
+use crate::bindings::types::{ConnectorError, StartContext};
+
+/// What a plugin's thread is asked to do.
+pub enum Command {
+    /// The history grew.
+    RowsAvailable,
+    /// Answer an HTTP request.
+    Http(Request, tokio::sync::oneshot::Sender<Response>),
+    /// Deliver what is left, call `stop` and end.
+    Stop,
+}
+
+/// Counters of one plugin, readable while it runs.
+#[derive(Debug, Default)]
+pub struct PluginStats {
+    /// Index of the next row the plugin will receive.
+    pub cursor: AtomicU64,
+    pub rows_delivered: AtomicU64,
+    pub rows_rejected: AtomicU64,
+    pub calls: AtomicU64,
+    pub call_nanos: AtomicU64,
+    pub traps: AtomicU64,
+    pub restarts: AtomicU64,
+    pub denied: Arc<AtomicU64>,
+    /// The last failure, as logged.
+    pub last_failure: Mutex<Option<String>>,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct RunnerOptions {
+    pub backoff_first: Duration,
+    pub backoff_longest: Duration,
+    pub max_batch_rows: u64,
+}
+
+/// The host's handle on one plugin's thread.
+pub struct PluginRunner {
+    pub name: String,
+    sender: Sender<Command>,
+    notified: Arc<AtomicBool>,
+    pub stats: Arc<PluginStats>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// Tells one plugin the history grew, from any thread.
+#[derive(Clone)]
+pub struct Notifier {
+    sender: Sender<Command>,
+    notified: Arc<AtomicBool>,
+}
+
+impl Notifier {
+    /// At most one pending notice: a plugin busy with a batch finds all new rows anyway.
+    pub fn notify(&self) {
+        if !self.notified.swap(true, Ordering::AcqRel) {
+            let _ = self.sender.send(Command::RowsAvailable);
+        }
+    }
+}
+
+/// Sends requests to a plugin's handler from the HTTP server.
+#[derive(Clone)]
+pub struct HttpEndpoint {
+    pub plugin: String,
+    sender: Sender<Command>,
+}
+
+impl HttpEndpoint {
+    /// The plugin's answer, or `None` if the plugin is gone.
+    pub async fn call(&self, request: Request) -> Option<Response> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.sender.send(Command::Http(request, reply)).ok()?;
+        answer.await.ok()
+    }
+}
+
+impl PluginRunner {
+    /// Starts the plugin's thread; it delivers rows from `cursor` on.
+    pub fn spawn(plugin: LoadedPlugin, env: PluginEnv, cursor: u64, options: RunnerOptions) -> std::io::Result<PluginRunner> {
+        let (sender, receiver) = channel();
+        let notified = Arc::new(AtomicBool::new(false));
+        let stats = Arc::new(PluginStats {
+            cursor: AtomicU64::new(cursor),
+            denied: env.denied.clone(),
+            ..PluginStats::default()
+        });
+        let name = plugin.manifest.name.clone();
+        let mut worker = Worker {
+            plugin,
+            env,
+            options,
+            commands: receiver,
+            notified: notified.clone(),
+            stats: stats.clone(),
+            failures: 0,
+        };
+        let thread = std::thread::Builder::new().name(format!("plugin-{name}")).spawn(move || worker.run())?;
+        Ok(PluginRunner {
+            name,
+            sender,
+            notified,
+            stats,
+            thread: Some(thread),
+        })
+    }
+
+    /// Tells the plugin the history grew; cheap and never blocks.
+    pub fn notify(&self) {
+        self.notifier().notify();
+    }
+
+    pub fn notifier(&self) -> Notifier {
+        Notifier {
+            sender: self.sender.clone(),
+            notified: self.notified.clone(),
+        }
+    }
+
+    pub fn http_endpoint(&self) -> HttpEndpoint {
+        HttpEndpoint {
+            plugin: self.name.clone(),
+            sender: self.sender.clone(),
+        }
+    }
+
+    /// Delivers the remaining rows, calls `stop` and waits for the thread.
+    pub fn stop(mut self) {
+        let _ = self.sender.send(Command::Stop);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+struct Worker {
+    plugin: LoadedPlugin,
+    env: PluginEnv,
+    options: RunnerOptions,
+    commands: Receiver<Command>,
+    notified: Arc<AtomicBool>,
+    stats: Arc<PluginStats>,
+    failures: u32,
+}
+
+/// How a delivery attempt ended.
+enum Delivery {
+    UpToDate,
+    RetryLater,
+    InstanceLost,
+}
+
+impl Worker {
+    fn name(&self) -> &str {
+        &self.plugin.manifest.name
+    }
+
+    fn run(&mut self) {
+        loop {
+            let mut instance = match self.start_instance() {
+                Ok(instance) => instance,
+                Err(CallFailure::Plugin(ConnectorError::InvalidConfig(message))) => {
+                    tracing::error!(plugin = self.name(), "disabled: invalid config: {message}");
+                    self.record_failure(format!("invalid config: {message}"));
+                    return self.serve_disabled(&format!("plugin `{}` is disabled: invalid config: {message}", self.name()));
+                }
+                Err(failure) => {
+                    self.fail(&failure, "start");
+                    if self.wait_backoff() {
+                        // Stopping while down: one last attempt to hand over the rest.
+                        if let Ok(mut instance) = self.start_instance() {
+                            self.finish(&mut instance);
+                        }
+                        return;
+                    }
+                    continue;
+                }
+            };
+            if self.serve(&mut instance) {
+                return;
+            }
+        }
+    }
+
+    fn start_instance(&mut self) -> Result<Instance, CallFailure> {
+        let mut instance = Instance::new(&self.plugin, &self.env)?;
+        let context = {
+            let history = self.env.history.read().expect("history lock");
+            StartContext {
+                plugin_name: self.plugin.manifest.name.clone(),
+                config_json: serde_json::to_string(&self.plugin.manifest.config).unwrap_or_else(|_| "{}".into()),
+                host_config_json: self.env.host_config_json.clone(),
+                series: history.series_names().to_vec(),
+                step_series: self.env.step_series.clone(),
+                next_row: self.stats.cursor.load(Ordering::Acquire),
+                run_started_ms: self.env.run_started_ms,
+            }
+        };
+        self.timed(|| instance.start(&context))?;
+        Ok(instance)
+    }
+
+    /// Delivers rows and answers requests until the instance is lost (false) or the
+    /// host stops (true).
+    fn serve(&mut self, instance: &mut Instance) -> bool {
+        loop {
+            let wait = match self.deliver(instance) {
+                Delivery::UpToDate => None,
+                Delivery::RetryLater => Some(self.backoff()),
+                Delivery::InstanceLost => return false,
+            };
+            let command = match wait {
+                Some(timeout) => match self.commands.recv_timeout(timeout) {
+                    Ok(command) => command,
+                    Err(RecvTimeoutError::Timeout) => continue,
+                    Err(RecvTimeoutError::Disconnected) => Command::Stop,
+                },
+                None => self.commands.recv().unwrap_or(Command::Stop),
+            };
+            match command {
+                Command::RowsAvailable => {}
+                Command::Http(request, reply) => {
+                    let answer = self.timed(|| instance.handle(&request));
+                    match answer {
+                        Ok(response) => {
+                            let _ = reply.send(response);
+                        }
+                        Err(failure) => {
+                            let _ = reply.send(unavailable_response(&format!("plugin `{}` failed: {failure}", self.name())));
+                            self.fail(&failure, "handle");
+                            return false;
+                        }
+                    }
+                }
+                Command::Stop => {
+                    self.finish(instance);
+                    return true;
+                }
+            }
+        }
+    }
+
+    /// Hands over every row past the cursor, in batches.
+    fn deliver(&mut self, instance: &mut Instance) -> Delivery {
+        self.notified.store(false, Ordering::Release);
+        loop {
+            let cursor = self.stats.cursor.load(Ordering::Acquire);
+            let batch = {
+                let history = self.env.history.read().expect("history lock");
+                if cursor >= history.row_count() {
+                    return Delivery::UpToDate;
+                }
+                history.batch(cursor, self.options.max_batch_rows)
+            };
+            let rows = batch.timestamps_ms.len() as u64;
+            match self.timed(|| instance.update(&batch)) {
+                Ok(()) => {
+                    self.stats.cursor.store(cursor + rows, Ordering::Release);
+                    self.stats.rows_delivered.fetch_add(rows, Ordering::Relaxed);
+                    self.failures = 0;
+                }
+                Err(CallFailure::Plugin(ConnectorError::Rejected(message))) => {
+                    tracing::warn!(plugin = self.name(), rows, first_row = cursor, "rows rejected by the plugin: {message}");
+                    self.stats.cursor.store(cursor + rows, Ordering::Release);
+                    self.stats.rows_rejected.fetch_add(rows, Ordering::Relaxed);
+                }
+                Err(CallFailure::Plugin(ConnectorError::Unavailable(message))) => {
+                    self.failures += 1;
+                    tracing::warn!(plugin = self.name(), first_row = cursor, "unavailable, will offer the rows again: {message}");
+                    self.record_failure(format!("unavailable: {message}"));
+                    return Delivery::RetryLater;
+                }
+                Err(failure) => {
+                    self.fail(&failure, "update");
+                    return Delivery::InstanceLost;
+                }
+            }
+        }
+    }
+
+    /// The host is stopping: deliver what is left (a few attempts), then `stop`.
+    fn finish(&mut self, instance: &mut Instance) {
+        for _ in 0..3 {
+            match self.deliver(instance) {
+                Delivery::UpToDate => break,
+                Delivery::RetryLater => std::thread::sleep(self.backoff()),
+                Delivery::InstanceLost => return,
+            }
+        }
+        if let Err(failure) = self.timed(|| instance.stop()) {
+            tracing::error!(plugin = self.name(), "stop failed: {failure}");
+            self.record_failure(format!("stop: {failure}"));
+        }
+    }
+
+    /// Answers requests with 503 until the host stops.
+    fn serve_disabled(&mut self, message: &str) {
+        while let Ok(command) = self.commands.recv() {
+            match command {
+                Command::RowsAvailable => {}
+                Command::Http(_, reply) => {
+                    let _ = reply.send(unavailable_response(message));
+                }
+                Command::Stop => return,
+            }
+        }
+    }
+
+    /// Waits out the backoff, answering requests with 503; true if asked to stop.
+    fn wait_backoff(&mut self) -> bool {
+        let deadline = std::time::Instant::now() + self.backoff();
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            match self.commands.recv_timeout(left) {
+                Ok(Command::RowsAvailable) => {}
+                Ok(Command::Http(_, reply)) => {
+                    let _ = reply.send(unavailable_response(&format!("plugin `{}` is restarting", self.plugin.manifest.name)));
+                }
+                Ok(Command::Stop) | Err(RecvTimeoutError::Disconnected) => return true,
+                Err(RecvTimeoutError::Timeout) => return false,
+            }
+        }
+    }
+
+    fn backoff(&self) -> Duration {
+        let exponent = self.failures.saturating_sub(1).min(20);
+        let base = self.options.backoff_first.saturating_mul(1 << exponent).min(self.options.backoff_longest);
+        base.mul_f64(1.0 + rand::random::<f64>() * 0.25)
+    }
+
+    fn fail(&mut self, failure: &CallFailure, call: &str) {
+        self.failures += 1;
+        if let CallFailure::Trapped(_) = failure {
+            self.stats.traps.fetch_add(1, Ordering::Relaxed);
+        }
+        self.stats.restarts.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(
+            plugin = self.name(),
+            cursor = self.stats.cursor.load(Ordering::Relaxed),
+            "`{call}` failed: {failure}; restarting the plugin (attempt {})",
+            self.failures
+        );
+        self.record_failure(format!("{call}: {failure}"));
+    }
+
+    fn record_failure(&self, message: String) {
+        *self.stats.last_failure.lock().expect("stats lock") = Some(message);
+    }
+
+    fn timed<R>(&self, call: impl FnOnce() -> R) -> R {
+        let started = std::time::Instant::now();
+        let result = call();
+        self.stats.calls.fetch_add(1, Ordering::Relaxed);
+        self.stats.call_nanos.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        result
+    }
+}
+
+fn unavailable_response(message: &str) -> Response {
+    let body = serde_json::json!({ "message": message, "error": { "code": "plugin_unavailable", "message": message } });
+    Response {
+        status: 503,
+        headers: vec![("content-type".into(), "application/json".into()), ("retry-after".into(), "1".into())],
+        body: body.to_string().into_bytes(),
+    }
+}
