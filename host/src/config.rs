@@ -87,7 +87,7 @@ pub struct SecretSource {
     pub env: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PluginOverride {
     /// `false` skips the plugin.
@@ -124,6 +124,15 @@ fn default_batch_rows() -> u64 {
 }
 fn default_true() -> bool {
     true
+}
+
+impl Default for PluginOverride {
+    fn default() -> Self {
+        PluginOverride {
+            enabled: true,
+            config: toml::Table::new(),
+        }
+    }
 }
 
 impl Default for HttpConfig {

@@ -1,0 +1,56 @@
+//! Test kit for telemetry-host plugins: run one plugin alone (temporary data directory,
+//! recorded outgoing HTTP, captured log) from a Rust test, and find the components that
+//! `cargo xtask guests` built.
+//!
+//! ```no_run
+//! use telemetry_testkit::{IsolatedPlugin, IsolationOptions, connector};
+//! let mut plugin = IsolatedPlugin::load(&connector("file"), IsolationOptions::default()).unwrap();
+//! plugin.push_ndjson("{\"ep_reward\": 1, \"ep_steps\": 10, \"total_steps\": 10}\n");
+//! plugin.start().unwrap();
+//! plugin.stop().unwrap();
+//! println!("{}", plugin.report());
+//! ```
+
+use std::path::PathBuf;
+
+pub use telemetry_host::bindings::http_types::{Request, Response};
+pub use telemetry_host::capabilities::log::LogLine;
+pub use telemetry_host::capabilities::outgoing_http::{Exchange, Responder};
+pub use telemetry_host::capabilities::secrets::Secrets;
+pub use telemetry_host::config::HostConfig;
+pub use telemetry_host::isolation::{IsolatedPlugin, IsolationOptions};
+pub use telemetry_host::plugins::instance::CallFailure;
+
+/// The cargo target directory the running test was built in.
+pub fn target_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
+        return dir.into();
+    }
+    let exe = std::env::current_exe().expect("the test binary's path");
+    exe.ancestors()
+        .find(|dir| dir.join("plugins").is_dir() || dir.join("wasm32-wasip2").is_dir())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"))
+}
+
+/// The plugin directory `cargo xtask guests` assembles: one folder per shipped connector.
+pub fn plugins_dir() -> PathBuf {
+    let dir = target_dir().join("plugins");
+    assert!(dir.is_dir(), "{} is missing: run the tests with `cargo xtask test` (it builds the guest components first)", dir.display());
+    dir
+}
+
+/// A shipped connector's component, e.g. `connector("file")`.
+pub fn connector(name: &str) -> PathBuf {
+    existing(plugins_dir().join(name).join(format!("{name}.wasm")))
+}
+
+/// A test fixture component, e.g. `fixture("misbehaving")`.
+pub fn fixture(name: &str) -> PathBuf {
+    existing(target_dir().join("test-plugins").join(format!("{name}.wasm")))
+}
+
+fn existing(path: PathBuf) -> PathBuf {
+    assert!(path.is_file(), "{} is missing: run the tests with `cargo xtask test` (it builds the guest components first)", path.display());
+    path
+}

@@ -1,1 +1,110 @@
-fn main() {}
+//! `cargo xtask`: the project's two commands, and the guest build they share.
+//!
+//! - `cargo xtask run [-- ARGS]`: installs the wasm32-wasip2 target if needed, builds the
+//!   connectors and the host, and runs the host with the built-in default config, all
+//!   three connectors and a demo input (ARGS replace `--input demo --wait`);
+//! - `cargo xtask test [-- ARGS]`: builds the guests, then runs every test;
+//! - `cargo xtask guests`: only builds the guests into `<target>/plugins` and
+//!   `<target>/test-plugins`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+const GUEST_TARGET: &str = "wasm32-wasip2";
+const GUEST_PROFILE: &str = "guest";
+/// Connectors shipped with the host: `plugins/<name>`, crate `<name>-connector`.
+const CONNECTORS: &[&str] = &["file", "grafana", "wandb"];
+/// Test fixtures: `tests/fixtures/plugins/<name>`, crate `<name>-connector`.
+const FIXTURES: &[&str] = &["misbehaving"];
+
+fn main() -> Result<()> {
+    let mut args = std::env::args().skip(1);
+    let command = args.next().unwrap_or_default();
+    let rest: Vec<String> = args.skip_while(|arg| arg == "--").collect();
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("xtask lives in the workspace")?.to_path_buf();
+    let target = target_dir(&workspace);
+    match command.as_str() {
+        "guests" => build_guests(&workspace, &target),
+        "run" => {
+            build_guests(&workspace, &target)?;
+            let mut host_args = vec!["run".to_string(), "--plugins".into(), target.join("plugins").display().to_string()];
+            if rest.is_empty() {
+                host_args.extend(["--input", "demo", "--wait"].map(String::from));
+            }
+            host_args.extend(rest);
+            cargo(&workspace, &["run", "--release", "--package", "telemetry-host", "--bin", "telemetry-host", "--"], &host_args)
+        }
+        "test" => {
+            build_guests(&workspace, &target)?;
+            // The default members: host, test kit and the suite (guests only build for wasm).
+            cargo(&workspace, &["test"], &rest)
+        }
+        _ => bail!("usage: cargo xtask run|test|guests [-- ARGS]"),
+    }
+}
+
+fn target_dir(workspace: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| workspace.join("target"), PathBuf::from)
+}
+
+fn cargo(workspace: &Path, args: &[&str], extra: &[String]) -> Result<()> {
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(workspace)
+        .args(args)
+        .args(extra)
+        .status()
+        .context("cannot run cargo")?;
+    if !status.success() {
+        bail!("cargo {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+fn ensure_guest_target() -> Result<()> {
+    let installed = Command::new("rustup").args(["target", "list", "--installed"]).output();
+    match installed {
+        Ok(output) if String::from_utf8_lossy(&output.stdout).lines().any(|line| line.trim() == GUEST_TARGET) => Ok(()),
+        Ok(_) => {
+            eprintln!("xtask: installing the {GUEST_TARGET} target with rustup");
+            let status = Command::new("rustup").args(["target", "add", GUEST_TARGET]).status()?;
+            anyhow::ensure!(status.success(), "rustup target add {GUEST_TARGET} failed");
+            Ok(())
+        }
+        // Without rustup the toolchain must already have the target; cargo will say if not.
+        Err(_) => Ok(()),
+    }
+}
+
+/// Builds every guest and lays them out as plugin folders.
+fn build_guests(workspace: &Path, target: &Path) -> Result<()> {
+    ensure_guest_target()?;
+    let mut args = vec!["build", "--profile", GUEST_PROFILE, "--target", GUEST_TARGET];
+    let packages: Vec<String> = CONNECTORS.iter().chain(FIXTURES).map(|name| format!("{name}-connector")).collect();
+    for package in &packages {
+        args.extend(["--package", package.as_str()]);
+    }
+    cargo(workspace, &args, &[])?;
+    let built = target.join(GUEST_TARGET).join(GUEST_PROFILE);
+    for name in CONNECTORS {
+        let folder = target.join("plugins").join(name);
+        std::fs::create_dir_all(&folder)?;
+        let manifest = workspace.join("plugins").join(name).join("plugin.toml");
+        std::fs::copy(&manifest, folder.join("plugin.toml")).with_context(|| format!("copying {}", manifest.display()))?;
+        copy_component(&built, name, &folder.join(format!("{name}.wasm")))?;
+    }
+    let fixtures = target.join("test-plugins");
+    std::fs::create_dir_all(&fixtures)?;
+    for name in FIXTURES {
+        copy_component(&built, name, &fixtures.join(format!("{name}.wasm")))?;
+    }
+    eprintln!("xtask: plugins in {}, test fixtures in {}", target.join("plugins").display(), fixtures.display());
+    Ok(())
+}
+
+fn copy_component(built: &Path, name: &str, to: &Path) -> Result<()> {
+    let from = built.join(format!("{name}_connector.wasm"));
+    std::fs::copy(&from, to).with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+    Ok(())
+}

@@ -151,7 +151,16 @@ impl History {
             }
             return Ok(points);
         }
-        let buckets = (max_points / 4).max(1);
+        if max_points < 4 {
+            // Too few points for a bucket's four: evenly spaced rows, first and last kept.
+            let span = end - start - 1;
+            for index in 0..max_points {
+                let row = start + if max_points == 1 { 0 } else { index * span / (max_points - 1) };
+                self.push_point(&mut points, column, row);
+            }
+            return Ok(points);
+        }
+        let buckets = max_points / 4;
         let width = end - start;
         let mut kept = [0usize; 4];
         for bucket in 0..buckets {
@@ -225,6 +234,11 @@ mod tests {
         assert_eq!(points.rows.last(), Some(&9999));
         assert!(points.rows.contains(&4321) && points.rows.contains(&8765));
         assert!(points.rows.windows(2).all(|pair| pair[0] < pair[1]));
+        for max_points in 1..8 {
+            let points = history.downsample("x", Span::All, max_points).unwrap();
+            assert!(points.values.len() <= max_points as usize, "{max_points}");
+            assert_eq!(points.rows.first(), Some(&0));
+        }
     }
 
     #[test]

@@ -12,6 +12,10 @@ use super::instance::{CallFailure, Instance, PluginEnv};
 use super::loader::LoadedPlugin;
 use crate::bindings::http_types::{Request, Response};
 use crate::bindings::types::{ConnectorError, StartContext};
+use crate::history::RowBatch;
+
+/// How long a plugin waits without rows before it gets an empty update.
+const IDLE_UPDATE: Duration = Duration::from_secs(1);
 
 /// What a plugin's thread is asked to do.
 pub enum Command {
@@ -221,13 +225,16 @@ impl Worker {
                 Delivery::RetryLater => Some(self.backoff()),
                 Delivery::InstanceLost => return false,
             };
-            let command = match wait {
-                Some(timeout) => match self.commands.recv_timeout(timeout) {
-                    Ok(command) => command,
-                    Err(RecvTimeoutError::Timeout) => continue,
-                    Err(RecvTimeoutError::Disconnected) => Command::Stop,
-                },
-                None => self.commands.recv().unwrap_or(Command::Stop),
+            let command = match self.commands.recv_timeout(wait.unwrap_or(IDLE_UPDATE)) {
+                Ok(command) => command,
+                Err(RecvTimeoutError::Timeout) if wait.is_none() => {
+                    if let Delivery::InstanceLost = self.idle_update(instance) {
+                        return false;
+                    }
+                    continue;
+                }
+                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Disconnected) => Command::Stop,
             };
             match command {
                 Command::RowsAvailable => {}
@@ -286,6 +293,22 @@ impl Worker {
                     self.fail(&failure, "update");
                     return Delivery::InstanceLost;
                 }
+            }
+        }
+    }
+
+    /// No row for a while: an empty update lets the plugin flush queues or send heartbeats.
+    fn idle_update(&mut self, instance: &mut Instance) -> Delivery {
+        let batch = RowBatch {
+            first_row: self.stats.cursor.load(Ordering::Acquire),
+            timestamps_ms: Vec::new(),
+            columns: vec![Vec::new(); self.env.history.read().expect("history lock").series_names().len()],
+        };
+        match self.timed(|| instance.update(&batch)) {
+            Ok(()) | Err(CallFailure::Plugin(_)) => Delivery::UpToDate,
+            Err(failure) => {
+                self.fail(&failure, "update");
+                Delivery::InstanceLost
             }
         }
     }

@@ -1,0 +1,454 @@
+//! Weights & Biases connector: every row of the training run becomes one history line
+//! of a W&B run, sent through the host's outgoing HTTP (which attaches the API key).
+//!
+//! - Line `n` of `wandb-history.jsonl` is row `base_row + n`: offsets are contiguous, a
+//!   retry resends the same offsets (idempotent), and a restart continues the same run
+//!   (run id and sending cursor kept in `/data/wandb-run.json`).
+//! - `_step` is the row index by default, which always increases; with
+//!   `step = "step_key"` it is the step series, and a row whose step is not larger than
+//!   the last one gets the last step + 1 (warned once) instead of being dropped by W&B.
+//! - Sending: at most one request per `transmit_interval_s` (never more than 2 a second),
+//!   retries with exponential backoff and jitter honouring `Retry-After`; statuses the
+//!   official client treats as fatal stop the stream and are logged. While W&B is
+//!   unreachable rows queue here up to `max_queue_rows`; past that `update` answers
+//!   `unavailable` and the host keeps the rows, so none is dropped.
+
+mod config;
+mod protocol;
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value, json};
+
+wit_bindgen::generate!({
+    path: "../../wit",
+    world: "outbound-connector",
+});
+
+use config::Settings;
+use exports::telemetry::connector::telemetry_connector::Guest;
+use protocol::Outcome;
+use telemetry::connector::history::{self, RowRange};
+use telemetry::connector::log::{Level, write as log};
+use telemetry::connector::types::{ConnectorError, Rows, StartContext};
+
+const STATE_FILE: &str = "/data/wandb-run.json";
+/// Below wandb-core's 10 MiB request cap, with room for the summary.
+const MAX_REQUEST_BYTES: usize = 8 << 20;
+/// W&B allows 2 file_stream requests a second per run.
+const MIN_REQUEST_GAP: Duration = Duration::from_millis(500);
+const BACKOFF_FIRST: Duration = Duration::from_secs(2);
+const BACKOFF_LONGEST: Duration = Duration::from_secs(60);
+
+/// What survives a restart, in `/data/wandb-run.json`.
+#[derive(Debug, Clone, PartialEq)]
+struct RunState {
+    run_id: String,
+    base_url: String,
+    project: String,
+    entity: Option<String>,
+    /// Row of history line 0.
+    base_row: u64,
+    /// Rows before this one were accepted by W&B.
+    sent_row: u64,
+    last_step: Option<i64>,
+}
+
+impl RunState {
+    fn load() -> Option<RunState> {
+        let value: Value = serde_json::from_slice(&std::fs::read(STATE_FILE).ok()?).ok()?;
+        Some(RunState {
+            run_id: value["run_id"].as_str()?.to_string(),
+            base_url: value["base_url"].as_str()?.to_string(),
+            project: value["project"].as_str()?.to_string(),
+            entity: value["entity"].as_str().map(String::from),
+            base_row: value["base_row"].as_u64()?,
+            sent_row: value["sent_row"].as_u64()?,
+            last_step: value["last_step"].as_i64(),
+        })
+    }
+
+    fn save(&self) -> std::io::Result<()> {
+        let value = json!({
+            "run_id": self.run_id, "base_url": self.base_url, "project": self.project, "entity": self.entity,
+            "base_row": self.base_row, "sent_row": self.sent_row, "last_step": self.last_step,
+        });
+        let temporary = format!("{STATE_FILE}.tmp");
+        std::fs::write(&temporary, value.to_string())?;
+        std::fs::rename(&temporary, STATE_FILE)
+    }
+}
+
+struct Stream {
+    settings: Settings,
+    run: RunState,
+    run_started_ms: i64,
+    /// History lines not yet accepted, in row order; the first is row `run.sent_row`.
+    queue: VecDeque<String>,
+    /// Row index after the last queued row.
+    queued_row: u64,
+    /// Last value of each series, for the summary.
+    summary: Map<String, Value>,
+    last_line_step: Option<i64>,
+    warned_backwards: bool,
+    last_request: Option<Instant>,
+    last_transmit: Option<Instant>,
+    failures: u32,
+    not_before: Option<Instant>,
+    fatal: Option<String>,
+    dropped_rows: u64,
+}
+
+thread_local! {
+    static STREAM: RefCell<Option<Stream>> = const { RefCell::new(None) };
+}
+
+fn random_run_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    // `RandomState` is seeded from WASI's random source.
+    let mut id = String::new();
+    while id.len() < 8 {
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_usize(id.len());
+        let mut bits = hasher.finish();
+        while bits > 0 && id.len() < 8 {
+            let digit = (bits % 36) as u32;
+            id.push(char::from_digit(digit, 36).unwrap_or('0'));
+            bits /= 36;
+        }
+    }
+    id
+}
+
+fn format_number(value: f64) -> Value {
+    if value.fract() == 0.0 && value.abs() < 9e15 {
+        json!(value as i64)
+    } else {
+        serde_json::Number::from_f64(value).map_or(Value::Null, Value::Number)
+    }
+}
+
+impl Stream {
+    fn history_url(&self) -> String {
+        let entity = self.run.entity.as_deref().unwrap_or("");
+        format!("{}/files/{entity}/{}/{}/file_stream", self.settings.base_url, self.run.project, self.run.run_id)
+    }
+
+    /// Creates (or resumes) the run with `UpsertBucket`.
+    fn upsert(&mut self, timeout: Duration) -> Result<(), ConnectorError> {
+        let body = protocol::upsert_bucket_body(&self.run.run_id, &self.run.project, self.run.entity.as_deref(), self.settings.group.as_deref(), &self.settings.run_config);
+        match protocol::post_json(&format!("{}/graphql", self.settings.base_url), &body, timeout, true) {
+            Outcome::Ok(answer) => {
+                let bucket = protocol::parse_bucket(&answer).map_err(ConnectorError::Unavailable)?;
+                if let Some(entity) = bucket.entity {
+                    self.run.entity = Some(entity);
+                }
+                if let Some(project) = bucket.project {
+                    self.run.project = project;
+                }
+                if let Some(lines) = bucket.history_line_count {
+                    let server_row = self.run.base_row + lines;
+                    if server_row > self.run.sent_row {
+                        log(Level::Warn, &format!("W&B holds {lines} history lines, more than this plugin recorded; the extra lines will be overwritten"));
+                    }
+                }
+                self.run.save().map_err(|error| ConnectorError::Unavailable(format!("{STATE_FILE}: {error}")))?;
+                Ok(())
+            }
+            Outcome::Retry { reason, .. } => Err(ConnectorError::Unavailable(format!("creating the W&B run: {reason}"))),
+            Outcome::Fatal(reason) => Err(ConnectorError::InvalidConfig(format!("W&B refused to create run {} in project {}: {reason}", self.run.run_id, self.run.project))),
+        }
+    }
+
+    /// Turns rows into history lines at the back of the queue.
+    fn enqueue(&mut self, batch: &Rows) {
+        for (offset, timestamp_ms) in batch.timestamps_ms.iter().enumerate() {
+            let row = batch.first_row + offset as u64;
+            if row < self.queued_row {
+                continue; // Already queued (the host re-offered rows).
+            }
+            let mut line = Map::new();
+            for (name, column) in &self.settings.series {
+                let value = batch.columns.get(*column).and_then(|values| values.get(offset)).copied().unwrap_or(f64::NAN);
+                if value.is_finite() {
+                    let number = format_number(value);
+                    self.summary.insert(name.clone(), number.clone());
+                    line.insert(name.clone(), number);
+                }
+            }
+            let step = self.step_of(batch, offset, row);
+            let runtime = (*timestamp_ms - self.run_started_ms) as f64 / 1000.0;
+            line.insert("_step".into(), json!(step));
+            line.insert("_runtime".into(), json!(runtime.max(0.0)));
+            line.insert("_timestamp".into(), json!(*timestamp_ms as f64 / 1000.0));
+            for key in ["_step", "_runtime", "_timestamp"] {
+                self.summary.insert(key.into(), line[key].clone());
+            }
+            self.queue.push_back(Value::Object(line).to_string());
+            self.queued_row = row + 1;
+        }
+    }
+
+    fn step_of(&mut self, batch: &Rows, offset: usize, row: u64) -> i64 {
+        let previous = self.last_line_step;
+        let step = match &self.settings.step_series {
+            None => row as i64,
+            Some(name) => {
+                let column = self.settings.series.iter().find(|(series, _)| series == name).map(|(_, column)| *column);
+                let column = column.or_else(|| batch_column_of(name));
+                let value = column.and_then(|column| batch.columns.get(column)).and_then(|values| values.get(offset)).copied().unwrap_or(f64::NAN);
+                match (value.is_finite(), previous) {
+                    (true, Some(last)) if (value as i64) <= last => {
+                        if !self.warned_backwards {
+                            self.warned_backwards = true;
+                            log(Level::Warn, &format!("step `{name}` went backwards at row {row} ({value} after {last}); such rows get the last step + 1 (warned once)"));
+                        }
+                        last + 1
+                    }
+                    (true, _) => value as i64,
+                    (false, last) => last.map_or(0, |last| last + 1),
+                }
+            }
+        };
+        self.last_line_step = Some(step);
+        self.run.last_step = Some(step);
+        step
+    }
+
+    fn summary_line(&self) -> String {
+        let mut summary = self.summary.clone();
+        let runtime = summary.get("_runtime").and_then(Value::as_f64).unwrap_or(0.0);
+        summary.insert("_wandb".into(), json!({ "runtime": runtime as i64 }));
+        Value::Object(summary).to_string()
+    }
+
+    /// Sends what is due. `flush` ignores the transmit interval (not the rate limit).
+    fn pump(&mut self, flush: bool, deadline: Instant) {
+        if self.fatal.is_some() {
+            return;
+        }
+        let now = Instant::now();
+        if self.not_before.is_some_and(|not_before| now < not_before) {
+            return;
+        }
+        if let Some(last) = self.last_request {
+            if now.duration_since(last) < MIN_REQUEST_GAP {
+                if !flush {
+                    return;
+                }
+                std::thread::sleep(MIN_REQUEST_GAP - now.duration_since(last));
+            }
+        }
+        let interval = Duration::from_secs_f64(self.settings.transmit_interval_s);
+        let transmit_due = flush || self.last_transmit.is_none_or(|last| last.elapsed() >= interval);
+        let body = if !self.queue.is_empty() && transmit_due {
+            let mut content = Vec::new();
+            let mut bytes = 0;
+            for line in &self.queue {
+                if !content.is_empty() && bytes + line.len() > MAX_REQUEST_BYTES {
+                    break;
+                }
+                bytes += line.len() + 3;
+                content.push(line.clone());
+            }
+            let offset = self.run.sent_row - self.run.base_row;
+            Some((
+                content.len(),
+                json!({ "files": {
+                    "wandb-history.jsonl": { "offset": offset, "content": content },
+                    "wandb-summary.json": { "offset": 0, "content": [self.summary_line()] },
+                }}),
+            ))
+        } else if self.last_request.is_none_or(|last| last.elapsed().as_secs_f64() >= self.settings.heartbeat_s) && self.last_request.is_some() {
+            Some((0, json!({})))
+        } else {
+            None
+        };
+        let Some((lines, body)) = body else { return };
+        let timeout = Duration::from_secs_f64(self.settings.request_timeout_s).min(deadline.saturating_duration_since(Instant::now()));
+        if timeout.is_zero() {
+            return;
+        }
+        self.last_request = Some(Instant::now());
+        match protocol::post_json(&self.history_url(), &body, timeout, false) {
+            Outcome::Ok(answer) => {
+                self.failures = 0;
+                self.not_before = None;
+                if lines > 0 {
+                    self.last_transmit = self.last_request;
+                    self.queue.drain(..lines);
+                    self.run.sent_row += lines as u64;
+                    if let Err(error) = self.run.save() {
+                        log(Level::Warn, &format!("{STATE_FILE}: {error}; a restart may resend lines"));
+                    }
+                }
+                if answer["stopped"].as_bool() == Some(true) {
+                    log(Level::Warn, "the run was stopped from the W&B interface");
+                }
+            }
+            Outcome::Retry { reason, retry_after } => {
+                self.failures += 1;
+                let exponent = self.failures.saturating_sub(1).min(10);
+                let jitter = 1.0 + f64::from(random_run_id().as_bytes()[0] % 26) / 100.0;
+                let backoff = BACKOFF_FIRST.saturating_mul(1 << exponent).min(BACKOFF_LONGEST).mul_f64(jitter);
+                let wait = retry_after.unwrap_or(backoff);
+                self.not_before = Some(Instant::now() + wait);
+                log(Level::Warn, &format!("W&B file_stream failed ({reason}); {} lines queued, retrying in {:.1} s", self.queue.len(), wait.as_secs_f64()));
+            }
+            Outcome::Fatal(reason) => {
+                log(Level::Error, &format!("W&B refused the data of run {} ({reason}); as the official client does, no more data is sent to this run", self.run.run_id));
+                self.fatal = Some(reason);
+            }
+        }
+    }
+
+    fn send_finish(&mut self, deadline: Instant) -> Result<(), String> {
+        let timeout = Duration::from_secs_f64(self.settings.request_timeout_s).min(deadline.saturating_duration_since(Instant::now()));
+        if let Some(last) = self.last_request {
+            if last.elapsed() < MIN_REQUEST_GAP {
+                std::thread::sleep(MIN_REQUEST_GAP - last.elapsed());
+            }
+        }
+        self.last_request = Some(Instant::now());
+        match protocol::post_json(&self.history_url(), &json!({ "complete": true, "exitcode": 0 }), timeout.max(Duration::from_millis(1)), false) {
+            Outcome::Ok(_) => Ok(()),
+            Outcome::Retry { reason, .. } | Outcome::Fatal(reason) => Err(reason),
+        }
+    }
+}
+
+/// The column of a series in the host's order (for a step series not sent itself).
+fn batch_column_of(name: &str) -> Option<usize> {
+    history::series_names().iter().position(|series| series == name)
+}
+
+fn with_stream<R>(action: impl FnOnce(&mut Stream) -> Result<R, ConnectorError>) -> Result<R, ConnectorError> {
+    STREAM.with(|stream| match stream.borrow_mut().as_mut() {
+        Some(stream) => action(stream),
+        None => Err(ConnectorError::Internal("update or stop before start".into())),
+    })
+}
+
+/// Rows `first..end` from the host's history, for rows taken by an earlier instance but
+/// never sent.
+fn rows_from_history(first: u64, end: u64) -> Rows {
+    let range = RowRange { first, count: end.saturating_sub(first) };
+    Rows {
+        first_row: first,
+        timestamps_ms: history::read_timestamps(range).unwrap_or_default(),
+        columns: history::series_names().iter().map(|name| history::read_series(name, range).unwrap_or_default()).collect(),
+    }
+}
+
+struct Wandb;
+
+impl Guest for Wandb {
+    fn start(context: StartContext) -> Result<(), ConnectorError> {
+        let settings = config::parse(&context).map_err(ConnectorError::InvalidConfig)?;
+        let resumed = RunState::load().filter(|run| run.base_url == settings.base_url && run.project == settings.project && (settings.entity.is_none() || run.entity == settings.entity));
+        let run = resumed.clone().unwrap_or_else(|| RunState {
+            run_id: random_run_id(),
+            base_url: settings.base_url.clone(),
+            project: settings.project.clone(),
+            entity: settings.entity.clone(),
+            base_row: 0,
+            sent_row: 0,
+            last_step: None,
+        });
+        let timeout = Duration::from_secs_f64(settings.request_timeout_s);
+        let mut stream = Stream {
+            last_line_step: run.last_step,
+            queued_row: run.sent_row,
+            run,
+            settings,
+            run_started_ms: context.run_started_ms,
+            queue: VecDeque::new(),
+            summary: Map::new(),
+            warned_backwards: false,
+            last_request: None,
+            last_transmit: None,
+            failures: 0,
+            not_before: None,
+            fatal: None,
+            dropped_rows: 0,
+        };
+        stream.upsert(timeout)?;
+        // Rows an earlier instance took from the host but never sent.
+        let mut first = stream.queued_row;
+        while first < context.next_row {
+            let end = context.next_row.min(first + 16_384);
+            stream.enqueue(&rows_from_history(first, end));
+            if stream.queued_row == first {
+                log(Level::Warn, &format!("rows {first}..{} are no longer in the host's history; W&B will miss them", context.next_row));
+                stream.dropped_rows += context.next_row - first;
+                stream.queued_row = context.next_row;
+                stream.run.sent_row = stream.run.sent_row.max(context.next_row);
+                break;
+            }
+            first = stream.queued_row;
+        }
+        log(
+            Level::Info,
+            &format!(
+                "{} W&B run {} ({}/{}), from row {}",
+                if resumed.is_some() { "resuming" } else { "created" },
+                stream.run.run_id,
+                stream.run.entity.as_deref().unwrap_or("default entity"),
+                stream.run.project,
+                stream.run.sent_row
+            ),
+        );
+        STREAM.with(|cell| *cell.borrow_mut() = Some(stream));
+        Ok(())
+    }
+
+    fn update(batch: Rows) -> Result<(), ConnectorError> {
+        with_stream(|stream| {
+            let deadline = Instant::now() + Duration::from_secs_f64(stream.settings.request_timeout_s);
+            if !batch.timestamps_ms.is_empty() {
+                if let Some(reason) = &stream.fatal {
+                    stream.dropped_rows += batch.timestamps_ms.len() as u64;
+                    return Err(ConnectorError::Rejected(format!("the W&B stream stopped after a fatal error ({reason}); {} rows not sent", stream.dropped_rows)));
+                }
+                if stream.queue.len() + batch.timestamps_ms.len() > stream.settings.max_queue_rows {
+                    stream.pump(false, deadline);
+                    if stream.queue.len() + batch.timestamps_ms.len() > stream.settings.max_queue_rows {
+                        return Err(ConnectorError::Unavailable(format!("W&B is not taking data; {} rows queued (max_queue_rows); the host keeps the rest", stream.queue.len())));
+                    }
+                }
+                stream.enqueue(&batch);
+            }
+            stream.pump(false, deadline);
+            Ok(())
+        })
+    }
+
+    fn stop() -> Result<(), ConnectorError> {
+        with_stream(|stream| {
+            let deadline = Instant::now() + Duration::from_secs_f64(stream.settings.stop_timeout_s);
+            while !stream.queue.is_empty() && stream.fatal.is_none() && Instant::now() < deadline {
+                if let Some(not_before) = stream.not_before {
+                    let wait = not_before.saturating_duration_since(Instant::now()).min(deadline.saturating_duration_since(Instant::now()));
+                    std::thread::sleep(wait);
+                }
+                stream.pump(true, deadline);
+            }
+            if let Some(reason) = &stream.fatal {
+                return Err(ConnectorError::Rejected(format!("the W&B stream stopped after a fatal error: {reason}")));
+            }
+            if !stream.queue.is_empty() {
+                return Err(ConnectorError::Unavailable(format!(
+                    "W&B unreachable until the stop timeout; {} rows not sent (the run stays open and resumes at the next start)",
+                    stream.queue.len()
+                )));
+            }
+            stream.send_finish(deadline + Duration::from_secs(5)).map_err(|reason| ConnectorError::Unavailable(format!("sending the finish marker: {reason}")))?;
+            log(Level::Info, &format!("W&B run {} finished with {} rows", stream.run.run_id, stream.run.sent_row - stream.run.base_row));
+            Ok(())
+        })
+    }
+}
+
+export!(Wandb);

@@ -1,0 +1,203 @@
+//! The data endpoints: metric lists, `/query`, variables, tags and the simple-json
+//! `/search`.
+
+use serde_json::{Map, Value, json};
+
+use crate::telemetry::connector::history::{self, HistoryError, RowRange, Span, TimeRange};
+use crate::{Answer, Settings, dates};
+
+/// Payload options of every metric: the x axis and the answer format.
+const X_AXIS: &str = "x_axis";
+const FORMAT: &str = "format";
+
+fn payload_option_values(name: &str, settings: &Settings) -> Vec<Value> {
+    match name {
+        X_AXIS => {
+            let mut options = vec![json!({ "label": "Wall time", "value": "time" })];
+            if let Some(step) = &settings.step_series {
+                options.push(json!({ "label": format!("Step ({step}) as time"), "value": "step" }));
+            }
+            options
+        }
+        FORMAT => vec![json!({ "label": "Time series", "value": "time_series" }), json!({ "label": "Table", "value": "table" })],
+        _ => Vec::new(),
+    }
+}
+
+pub fn metrics(settings: &Settings) -> Value {
+    let payloads = json!([
+        { "name": X_AXIS, "label": "X axis", "type": "select", "options": payload_option_values(X_AXIS, settings) },
+        { "name": FORMAT, "label": "Format", "type": "select", "options": payload_option_values(FORMAT, settings) },
+    ]);
+    Value::Array(history::series_names().into_iter().map(|name| json!({ "value": name, "label": name, "payloads": payloads })).collect())
+}
+
+pub fn payload_options(body: &Value, settings: &Settings) -> Value {
+    Value::Array(payload_option_values(body["name"].as_str().unwrap_or(""), settings))
+}
+
+pub fn tag_values() -> Value {
+    Value::Array(history::series_names().into_iter().map(|name| json!({ "text": name })).collect())
+}
+
+/// Series matching `pattern`: the exact name first, then the pattern as an anchored
+/// regex (Grafana sends multi-value variables as `(a|b)`).
+fn matching_series(pattern: &str, names: &[String]) -> Result<Vec<String>, Answer> {
+    if names.iter().any(|name| name == pattern) {
+        return Ok(vec![pattern.to_string()]);
+    }
+    let regex = regex_lite::Regex::new(&format!("^(?:{pattern})$"))
+        .map_err(|error| Answer::error(400, "bad_regex", &format!("target `{pattern}` is neither a series nor a valid regex: {error}")))?;
+    Ok(names.iter().filter(|name| regex.is_match(name)).cloned().collect())
+}
+
+pub fn variable(body: &Value) -> Result<Value, Answer> {
+    let names = history::series_names();
+    let target = body["payload"]["target"].as_str().or_else(|| body["target"].as_str()).unwrap_or("");
+    let selected = if target.is_empty() || target == "*" { names } else { matching_series(target, &names)? };
+    Ok(Value::Array(selected.into_iter().map(|name| json!({ "__text": name, "__value": name, "text": name, "value": name })).collect()))
+}
+
+pub fn search(body: &Value) -> Result<Value, Answer> {
+    let names = history::series_names();
+    let target = body["target"].as_str().unwrap_or("");
+    if target.is_empty() {
+        return Ok(json!(names));
+    }
+    let mut selected = matching_series(target, &names)?;
+    if selected.is_empty() {
+        selected = names.into_iter().filter(|name| name.contains(target)).collect();
+    }
+    Ok(json!(selected))
+}
+
+/// `maxDataPoints` made usable: absent, zero, negative or not a number gives the default;
+/// fractions round down; anything above the limit is the limit.
+fn max_points(value: &Value, settings: &Settings) -> u32 {
+    match value.as_f64() {
+        Some(points) if points.is_finite() && points >= 1.0 => points.min(f64::from(settings.max_points_limit)).floor() as u32,
+        _ => settings.default_points.min(settings.max_points_limit),
+    }
+}
+
+fn time_span(body: &Value) -> Result<Span, Answer> {
+    let range = &body["range"];
+    if !range.is_object() {
+        return Ok(Span::All);
+    }
+    let bound = |key: &str| -> Result<Option<i64>, Answer> {
+        match &range[key] {
+            Value::Null => Ok(None),
+            value => dates::epoch_ms(value).map(Some).map_err(|message| Answer::error(400, "bad_range", &format!("range.{key}: {message}"))),
+        }
+    };
+    let (from, to) = (bound("from")?, bound("to")?);
+    let (from_ms, to_ms) = (from.unwrap_or(i64::MIN), to.unwrap_or(i64::MAX));
+    if from_ms > to_ms {
+        return Err(Answer::error(400, "bad_range", "range.from is after range.to"));
+    }
+    Ok(Span::Time(TimeRange { from_ms, to_ms }))
+}
+
+fn number_or_null(value: f64) -> Value {
+    serde_json::Number::from_f64(value).map_or(Value::Null, Value::Number)
+}
+
+fn history_error(error: HistoryError) -> Answer {
+    let message = match error {
+        HistoryError::UnknownSeries(message) | HistoryError::OutOfRange(message) => message,
+    };
+    Answer::error(400, "bad_target", &message)
+}
+
+pub fn query(body: &Value, settings: &Settings) -> Result<Value, Answer> {
+    let points = max_points(&body["maxDataPoints"], settings);
+    let Some(targets) = body.get("targets") else {
+        return Ok(legacy_answer(points));
+    };
+    let Some(targets) = targets.as_array() else {
+        return Err(Answer::error(400, "bad_request", "`targets` must be an array"));
+    };
+    let span = time_span(body)?;
+    let names = history::series_names();
+    let mut answer = Vec::new();
+    for target in targets {
+        if target["hide"].as_bool() == Some(true) {
+            continue;
+        }
+        let Some(pattern) = target["target"].as_str().filter(|pattern| !pattern.is_empty()) else {
+            continue;
+        };
+        let ref_id = target["refId"].as_str().unwrap_or("A");
+        let payload = &target["payload"];
+        let by_step = payload[X_AXIS].as_str() == Some("step");
+        let table = payload[FORMAT].as_str() == Some("table") || target["type"].as_str() == Some("table");
+        for series in matching_series(pattern, &names)? {
+            let mut pairs = if by_step {
+                step_points(&series, points, settings)?
+            } else {
+                let read = history::downsample(&series, span, points).map_err(history_error)?;
+                read.timestamps_ms.into_iter().zip(read.values).map(|(time, value)| (time, value)).collect()
+            };
+            pairs.sort_by_key(|(time, _)| *time);
+            answer.push(if table {
+                json!({
+                    "type": "table",
+                    "refId": ref_id,
+                    "target": series,
+                    "columns": [{ "text": "Time", "type": "time" }, { "text": series, "type": "number" }],
+                    "rows": pairs.iter().map(|(time, value)| json!([time, number_or_null(*value)])).collect::<Vec<_>>(),
+                })
+            } else {
+                json!({
+                    "target": series,
+                    "refId": ref_id,
+                    "datapoints": pairs.iter().map(|(time, value)| json!([number_or_null(*value), time])).collect::<Vec<_>>(),
+                })
+            });
+        }
+    }
+    Ok(Value::Array(answer))
+}
+
+/// Points of `series` over the whole run, placed at their row's step value read as
+/// epoch milliseconds, so Grafana's time axis shows steps.
+fn step_points(series: &str, points: u32, settings: &Settings) -> Result<Vec<(i64, f64)>, Answer> {
+    let Some(step) = &settings.step_series else {
+        return Err(Answer::error(400, "bad_payload", "x_axis `step` needs telemetry.step_key in the host configuration"));
+    };
+    let read = history::downsample(series, Span::All, points).map_err(history_error)?;
+    let mut pairs = Vec::with_capacity(read.rows.len());
+    for (row, value) in read.rows.iter().zip(read.values) {
+        let steps = history::read_series(step, RowRange { first: *row, count: 1 }).map_err(history_error)?;
+        if let Some(step) = steps.first().filter(|step| step.is_finite()) {
+            pairs.push((*step as i64, value));
+        }
+    }
+    Ok(pairs)
+}
+
+/// The original connector's answer to a request without `targets`: an object of every
+/// series, each cut to at most `points` evenly spaced rows of the whole history.
+fn legacy_answer(points: u32) -> Value {
+    let rows = history::row_count();
+    let picks: Vec<u64> = match rows {
+        0 => Vec::new(),
+        _ if rows <= u64::from(points) => (0..rows).collect(),
+        _ if points == 1 => vec![0],
+        _ => (0..u64::from(points)).map(|index| index * (rows - 1) / u64::from(points - 1)).collect(),
+    };
+    let mut object = Map::new();
+    for name in history::series_names() {
+        let values: Vec<Value> = if picks.len() as u64 == rows {
+            history::read_series(&name, RowRange { first: 0, count: rows }).unwrap_or_default().into_iter().map(number_or_null).collect()
+        } else {
+            picks
+                .iter()
+                .map(|row| history::read_series(&name, RowRange { first: *row, count: 1 }).ok().and_then(|v| v.first().copied()).map_or(Value::Null, number_or_null))
+                .collect()
+        };
+        object.insert(name, Value::Array(values));
+    }
+    Value::Object(object)
+}
