@@ -33,10 +33,13 @@ impl ComponentCache {
             return Ok((Component::new(engine, bytes)?, Origin::Compiled));
         };
         let path = dir.join(format!("{}.cwasm", cache_key(engine, bytes)));
-        if path.is_file() {
+        // Read into memory rather than mapped: a file changed under a mapping would crash
+        // the host (SIGBUS), a changed file read once is merely refused.
+        if let Ok(serialized) = std::fs::read(&path) {
             // SAFETY: only this host writes files named by this key (a hash of the
-            // component and of the engine's configuration), atomically, into its cache.
-            match unsafe { Component::deserialize_file(engine, &path) } {
+            // component and of the engine's configuration), atomically, into its cache;
+            // wasmtime checks the header and the engine compatibility of what it reads.
+            match unsafe { Component::deserialize(engine, &serialized) } {
                 Ok(component) => return Ok((component, Origin::Cached)),
                 Err(error) => tracing::warn!("ignoring unreadable cache entry {}: {error:#}", path.display()),
             }

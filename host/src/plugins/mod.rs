@@ -32,6 +32,15 @@ pub struct PluginSet {
 }
 
 impl PluginSet {
+    /// A set without plugins, to `add` them one by one.
+    pub fn empty() -> PluginSet {
+        PluginSet {
+            runners: Vec::new(),
+            failed: Vec::new(),
+            listen: Vec::new(),
+        }
+    }
+
     /// Loads every plugin of `dir` that the configuration does not disable and starts it;
     /// a plugin that fails to load is reported and the others still start.
     pub fn start(runtime: &Runtime, dir: &Path, config: &HostConfig, history: &SharedHistory) -> Result<PluginSet> {

@@ -195,6 +195,13 @@ impl Worker {
             if self.serve(&mut instance) {
                 return;
             }
+            drop(instance);
+            if self.wait_backoff() {
+                if let Ok(mut instance) = self.start_instance() {
+                    self.finish(&mut instance);
+                }
+                return;
+            }
         }
     }
 

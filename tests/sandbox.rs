@@ -1,0 +1,148 @@
+//! The sandbox: one fixture per denied permission or fault, each beside a well-behaved
+//! plugin that must receive every row exactly once while the other misbehaves.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use telemetry_host::capabilities::outgoing_http::Transport;
+use telemetry_suite::{PluginSpec, TestHost, recorder_manifest, test_config, wait_until};
+use telemetry_testkit::fixture;
+
+const ROWS: u64 = 200;
+const WAIT: Duration = Duration::from_secs(30);
+
+fn misbehaving(manifest: &str) -> PluginSpec {
+    PluginSpec::new("bad", fixture("misbehaving"), manifest)
+}
+
+fn good() -> PluginSpec {
+    PluginSpec::new("good", fixture("misbehaving"), &recorder_manifest("good"))
+}
+
+/// Feeds the rows in several updates and checks the good plugin got each exactly once.
+fn feed_and_check_good(host: &mut TestHost) {
+    for _ in 0..4 {
+        host.feed(ROWS / 4);
+    }
+    assert!(host.wait_for_cursor("good", ROWS, WAIT), "the good plugin fell behind");
+    host.stop();
+    assert_eq!(host.recorded_rows("good"), (0..ROWS).collect::<Vec<_>>(), "the good plugin must get every row exactly once");
+}
+
+#[test]
+fn reading_outside_the_granted_directory_is_denied() {
+    let mut host = TestHost::start(&[misbehaving("[grants]\ndata_dir = { path = \"bad\" }\noutbound = [{ url = \"http://127.0.0.1:9\" }]\n[config]\nfault = \"read-outside\"\n"), good()]);
+    std::fs::write(host.data_dir().join("secret.txt"), "top secret").unwrap();
+    feed_and_check_good(&mut host);
+    let log = host.log_text("bad");
+    assert!(log.contains("read-outside denied: /etc/passwd"), "{log}");
+    assert!(log.contains("read-outside denied: /data/../../etc/passwd"), "{log}");
+    assert!(!log.contains("allowed"), "{log}");
+}
+
+#[test]
+fn writing_to_a_read_only_directory_is_denied() {
+    let root = tempfile::tempdir().unwrap();
+    let config = test_config(root.path());
+    // A read-only directory must exist already: the host does not create it.
+    std::fs::create_dir_all(config.runtime.data_dir.join("bad")).unwrap();
+    let plugins = [
+        misbehaving("[grants]\ndata_dir = { path = \"bad\", access = \"read-only\" }\noutbound = [{ url = \"http://127.0.0.1:9\" }]\n[config]\nfault = \"write-readonly\"\n"),
+        good(),
+    ];
+    let mut host = TestHost::start_with(root, config, &plugins, Transport::network().unwrap());
+    assert!(host.load_errors.is_empty(), "{:?}", host.load_errors);
+    feed_and_check_good(&mut host);
+    let log = host.log_text("bad");
+    assert!(log.contains("write-readonly denied:"), "{log}");
+    assert!(!host.data_dir().join("bad").join("written.txt").exists());
+}
+
+#[test]
+fn calling_an_ungranted_host_is_refused_with_a_clear_error() {
+    let manifest = "[grants]\ndata_dir = { path = \"bad\" }\noutbound = [{ url = \"https://api.wandb.ai\" }]\n[config]\nfault = \"call-ungranted\"\nurl = \"https://evil.example.com/steal\"\n";
+    let mut host = TestHost::start(&[misbehaving(manifest), good()]);
+    feed_and_check_good(&mut host);
+    let log = host.log_text("bad");
+    assert!(
+        log.contains("call-ungranted denied: SendError::Denied(\"plugin `bad` may not call https://evil.example.com:443: its manifest grants only https://api.wandb.ai\")"),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_plugin_looping_forever_is_stopped_by_its_time_limit() {
+    let manifest = "[grants]\ndata_dir = { path = \"bad\" }\noutbound = [{ url = \"http://127.0.0.1:9\" }]\n[limits]\ncall_timeout_ms = 100\n[config]\nfault = \"loop\"\n";
+    let mut host = TestHost::start(&[misbehaving(manifest), good()]);
+    let bad = host.stats("bad");
+    feed_and_check_good(&mut host);
+    assert!(bad.traps.load(Ordering::Relaxed) >= 1);
+    let failure = bad.last_failure.lock().unwrap().clone().unwrap_or_default();
+    assert!(failure.contains("exceeded its call time limit of 100 ms"), "{failure}");
+}
+
+#[test]
+fn a_plugin_allocating_without_bound_hits_its_memory_cap() {
+    let manifest = "[grants]\ndata_dir = { path = \"bad\" }\noutbound = [{ url = \"http://127.0.0.1:9\" }]\n[limits]\nmemory_mb = 32\n[config]\nfault = \"alloc\"\n";
+    let mut host = TestHost::start(&[misbehaving(manifest), good()]);
+    let bad = host.stats("bad");
+    feed_and_check_good(&mut host);
+    assert!(bad.traps.load(Ordering::Relaxed) >= 1);
+    let failure = bad.last_failure.lock().unwrap().clone().unwrap_or_default();
+    assert!(failure.contains("ran out of memory (limit 32 MiB)"), "{failure}");
+}
+
+/// A plugin that traps once in `call` is restarted and then gets every row exactly once.
+fn traps_once_then_recovers(call: &str) {
+    let manifest = format!("[grants]\ndata_dir = {{ path = \"bad\" }}\noutbound = [{{ url = \"http://127.0.0.1:9\" }}]\n[config]\nfault = \"trap-{call}\"\nonce = true\n");
+    let mut host = TestHost::start(&[misbehaving(&manifest), good()]);
+    let bad = host.stats("bad");
+    for _ in 0..4 {
+        host.feed(ROWS / 4);
+    }
+    assert!(host.wait_for_cursor("good", ROWS, WAIT));
+    assert!(host.wait_for_cursor("bad", ROWS, WAIT), "the restarted plugin must catch up");
+    let failure = bad.last_failure.lock().unwrap().clone().unwrap_or_default();
+    assert!(failure.contains(&format!("{call}: trapped: unreachable code, usually a panic")), "{failure}");
+    assert_eq!(bad.restarts.load(Ordering::Relaxed), 1);
+    host.stop();
+    assert_eq!(host.recorded_rows("good"), (0..ROWS).collect::<Vec<_>>());
+    assert_eq!(host.recorded_rows("bad"), (0..ROWS).collect::<Vec<_>>(), "after its restart the plugin gets the rows it missed, once");
+}
+
+#[test]
+fn a_trap_in_start_restarts_the_plugin_from_its_cursor() {
+    traps_once_then_recovers("start");
+}
+
+#[test]
+fn a_trap_in_update_restarts_the_plugin_from_its_cursor() {
+    traps_once_then_recovers("update");
+}
+
+#[test]
+fn a_trap_in_stop_is_reported_and_the_others_still_stop_cleanly() {
+    let manifest = "[grants]\ndata_dir = { path = \"bad\" }\noutbound = [{ url = \"http://127.0.0.1:9\" }]\n[config]\nfault = \"trap-stop\"\n";
+    let mut host = TestHost::start(&[misbehaving(manifest), good()]);
+    let bad = host.stats("bad");
+    feed_and_check_good(&mut host);
+    let failure = bad.last_failure.lock().unwrap().clone().unwrap_or_default();
+    assert!(failure.starts_with("stop: trapped: unreachable code"), "{failure}");
+    assert_eq!(host.recorded_rows("bad"), (0..ROWS).collect::<Vec<_>>(), "rows before the failing stop were all delivered");
+    assert!(host.log_text("good").contains("stopped"));
+}
+
+#[test]
+fn a_plugin_that_always_traps_never_slows_the_others() {
+    let manifest = "[grants]\ndata_dir = { path = \"bad\" }\noutbound = [{ url = \"http://127.0.0.1:9\" }]\n[config]\nfault = \"trap-update\"\n";
+    let mut host = TestHost::start(&[misbehaving(manifest), good()]);
+    let bad = host.stats("bad");
+    for _ in 0..4 {
+        host.feed(ROWS / 4);
+    }
+    assert!(host.wait_for_cursor("good", ROWS, WAIT), "the good plugin fell behind");
+    assert!(wait_until(WAIT, || bad.restarts.load(Ordering::Relaxed) >= 2), "it keeps being restarted with backoff");
+    assert_eq!(bad.cursor.load(Ordering::Relaxed), 0, "a batch that always traps is never counted as delivered");
+    host.stop();
+    assert_eq!(host.recorded_rows("good"), (0..ROWS).collect::<Vec<_>>());
+}
