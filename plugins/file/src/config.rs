@@ -66,11 +66,11 @@ pub fn parse(context: &StartContext) -> Result<Settings, String> {
     let object = config.as_object().cloned().unwrap_or_default();
     check_keys(&object, KEYS, "")?;
     let mut dir = PathBuf::from(DATA_DIR);
-    if let Some(path) = object.get("path") {
-        dir.push(relative_folder(path, "path")?);
-    }
-    if let Some(save_dir) = object.get("save_dir") {
-        dir.push(relative_folder(save_dir, "save_dir")?);
+    for key in ["path", "save_dir"] {
+        if let Some(value) = object.get(key) {
+            let folder = relative_folder(value, key)?;
+            dir.extend(folder.components().filter(|part| !matches!(part, std::path::Component::CurDir)));
+        }
     }
     let nan_as_null = match object.get("nan").map(|value| value.as_str()) {
         None | Some(Some("NaN")) => false,

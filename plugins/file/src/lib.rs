@@ -76,7 +76,9 @@ struct FileConnector;
 impl Guest for FileConnector {
     fn start(context: StartContext) -> Result<(), ConnectorError> {
         let settings = config::parse(&context).map_err(ConnectorError::InvalidConfig)?;
-        std::fs::create_dir_all(&settings.dir).map_err(|error| ConnectorError::InvalidConfig(format!("cannot create {}: {error} (is the data directory granted read-write?)", settings.dir.display())))?;
+        if !settings.dir.is_dir() {
+            std::fs::create_dir_all(&settings.dir).map_err(|error| ConnectorError::InvalidConfig(format!("cannot create {}: {error} (is the data directory granted read-write?)", settings.dir.display())))?;
+        }
         let jsonl = rows_jsonl::RowsFile::open(&settings.dir.join("telemetry.jsonl"), &context.series, context.next_row, settings.fsync, settings.nan_as_null)
             .map_err(|error| ConnectorError::InvalidConfig(format!("cannot write {}: {error} (is the data directory granted read-write?)", settings.dir.join("telemetry.jsonl").display())))?;
         log(Level::Info, &format!("writing to {} from row {}", settings.dir.display(), context.next_row));

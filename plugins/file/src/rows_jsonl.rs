@@ -103,23 +103,25 @@ fn truncate_to(file: &mut File, path: &Path, next_row: u64) -> std::io::Result<u
     let mut tail = Vec::new();
     file.seek(SeekFrom::Start(tail_start))?;
     file.read_to_end(&mut tail)?;
-    let complete_end = match tail.iter().rposition(|byte| *byte == b'\n') {
-        Some(position) => tail_start + position as u64 + 1,
-        None if tail_start == 0 => 0,
-        None => return scan_and_cut(path, next_row),
+    let Some(last_newline) = tail.iter().rposition(|byte| *byte == b'\n') else {
+        if tail_start == 0 {
+            // Not one complete line: nothing worth keeping.
+            OpenOptions::new().write(true).open(path)?.set_len(0)?;
+            return Ok(0);
+        }
+        return scan_and_cut(path, next_row);
     };
-    let last_line_start = tail[..(complete_end - tail_start) as usize - 1].iter().rposition(|byte| *byte == b'\n').map_or(0, |position| position + 1);
-    let last_row = row_of(&tail[last_line_start..(complete_end - tail_start) as usize]);
-    match last_row {
+    let complete_end = tail_start + last_newline as u64 + 1;
+    let line_start = tail[..last_newline].iter().rposition(|byte| *byte == b'\n').map_or(0, |position| position + 1);
+    if line_start == 0 && tail_start > 0 {
+        return scan_and_cut(path, next_row);
+    }
+    match row_of(&tail[line_start..last_newline]) {
         Some(last) if last < next_row => {
             if complete_end < length {
                 OpenOptions::new().write(true).open(path)?.set_len(complete_end)?;
             }
             Ok(last + 1)
-        }
-        _ if complete_end == 0 => {
-            OpenOptions::new().write(true).open(path)?.set_len(0)?;
-            Ok(0)
         }
         _ => scan_and_cut(path, next_row),
     }

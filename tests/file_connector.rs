@@ -1,0 +1,150 @@
+//! The file connector in isolation: telemetry.json as the original wrote it, JSONL that
+//! agrees with it, crash safety, configuration errors, and the plot.
+
+use serde_json::{Value, json};
+use telemetry_suite::sample;
+use telemetry_testkit::{CallFailure, IsolatedPlugin, IsolationOptions, connector};
+
+fn options(config: Value) -> IsolationOptions {
+    IsolationOptions {
+        plugin_config: serde_json::from_value(config).unwrap(),
+        ..IsolationOptions::default()
+    }
+}
+
+fn file_plugin(config: Value) -> IsolatedPlugin {
+    IsolatedPlugin::load(&connector("file"), options(config)).unwrap()
+}
+
+/// Parses telemetry.json, whose NaN tokens (as Python writes them) become `null`.
+fn read_columns(plugin: &IsolatedPlugin) -> Value {
+    let text = std::fs::read_to_string(plugin.data_dir().join("telemetry.json")).unwrap();
+    serde_json::from_str(&text.replace("NaN", "null")).unwrap()
+}
+
+fn read_jsonl(plugin: &IsolatedPlugin) -> Vec<Value> {
+    let text = std::fs::read_to_string(plugin.data_dir().join("telemetry.jsonl")).unwrap();
+    text.lines().map(|line| serde_json::from_str(line).unwrap()).collect()
+}
+
+fn push(plugin: &mut IsolatedPlugin, samples: impl IntoIterator<Item = Value>) {
+    for sample in samples {
+        plugin.push_sample(&sample).unwrap();
+    }
+}
+
+#[test]
+fn telemetry_json_is_the_dict_of_columns_in_series_order_with_python_nan() {
+    let mut plugin = file_plugin(json!({ "plot": false }));
+    plugin.start().unwrap();
+    push(&mut plugin, [json!({"ep_reward": 250.0, "ep_steps": 10, "total_steps": 10}), json!({"ep_reward": 100.5, "ep_steps": 30, "total_steps": 40})]);
+    plugin.deliver().unwrap();
+    // A sample without `ep_steps`: that series holds NaN in this row.
+    push(&mut plugin, [json!({"ep_reward": -1.0, "total_steps": 41})]);
+    plugin.stop().unwrap();
+    let text = std::fs::read_to_string(plugin.data_dir().join("telemetry.json")).unwrap();
+    assert!(text.starts_with("{\"rewards\": [250.0, 100.5, -1.0], \"rewards_av\": [250.0, 175.25, "), "{text}");
+    assert!(text.contains("\"steps\": [10.0, 30.0, NaN], \"steps_av\": [10.0, 20.0, 20.0]"), "{text}");
+    let columns = read_columns(&plugin);
+    let names: Vec<&String> = columns.as_object().unwrap().keys().collect();
+    assert_eq!(names.len(), 10);
+    assert_eq!(columns["wins"], json!([1.0, 0.0, 0.0]));
+    assert_eq!(columns["wins_av"], json!([1.0, 0.5, 1.0 / 3.0]));
+    assert_eq!(columns["n_env_steps"], json!([10.0, 40.0, 41.0]));
+}
+
+#[test]
+fn jsonl_and_json_hold_the_same_rows_after_stop() {
+    let mut plugin = file_plugin(json!({ "json_interval_s": 0, "plot": false }));
+    plugin.start().unwrap();
+    for batch in 0..5 {
+        push(&mut plugin, (batch * 40..(batch + 1) * 40).map(sample));
+        plugin.deliver().unwrap();
+    }
+    assert!(!plugin.data_dir().join("telemetry.json").exists(), "json_interval_s = 0 writes telemetry.json only at stop");
+    plugin.stop().unwrap();
+    let columns = read_columns(&plugin);
+    let rows = read_jsonl(&plugin);
+    assert_eq!(rows.len(), 200);
+    for (index, row) in rows.iter().enumerate() {
+        assert_eq!(row["row"], json!(index));
+        assert!(row["timestamp_ms"].as_i64().unwrap() > 1_600_000_000_000);
+        for (name, column) in columns.as_object().unwrap() {
+            assert_eq!(row[name], column[index], "row {index} series {name}");
+        }
+    }
+}
+
+#[test]
+fn a_crash_between_updates_leaves_complete_files_and_a_restart_completes_them() {
+    let mut plugin = file_plugin(json!({ "json_interval_s": 0.001, "plot": false }));
+    plugin.start().unwrap();
+    push(&mut plugin, (0..50).map(sample));
+    plugin.deliver().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    push(&mut plugin, (50..60).map(sample));
+    plugin.deliver().unwrap();
+    // The crash: no stop. Whatever is on disk is complete.
+    let json_rows = read_columns(&plugin)["rewards"].as_array().unwrap().len();
+    assert!(json_rows == 50 || json_rows == 60, "telemetry.json holds a whole update: {json_rows}");
+    assert_eq!(read_jsonl(&plugin).len(), 60);
+    // A torn last line and a row the host never saw acknowledged, as a crash could leave.
+    let jsonl = plugin.data_dir().join("telemetry.jsonl");
+    let mut text = std::fs::read_to_string(&jsonl).unwrap();
+    text.push_str("{\"row\":60,\"timestamp_ms\":1}\n{\"row\":61,\"tim");
+    std::fs::write(&jsonl, text).unwrap();
+    plugin.crash_and_restart().unwrap();
+    push(&mut plugin, (60..70).map(sample));
+    plugin.stop().unwrap();
+    let rows = read_jsonl(&plugin);
+    assert_eq!(rows.iter().map(|row| row["row"].as_u64().unwrap()).collect::<Vec<_>>(), (0..70).collect::<Vec<_>>());
+    assert_eq!(read_columns(&plugin)["rewards"].as_array().unwrap().len(), 70);
+}
+
+#[test]
+fn a_deleted_jsonl_is_rebuilt_from_the_host_history_on_restart() {
+    let mut plugin = file_plugin(json!({ "plot": false }));
+    plugin.start().unwrap();
+    push(&mut plugin, (0..30).map(sample));
+    plugin.deliver().unwrap();
+    std::fs::remove_file(plugin.data_dir().join("telemetry.jsonl")).unwrap();
+    plugin.crash_and_restart().unwrap();
+    plugin.stop().unwrap();
+    assert_eq!(read_jsonl(&plugin).len(), 30);
+}
+
+fn start_error(config: Value) -> String {
+    let mut plugin = file_plugin(config);
+    match plugin.start() {
+        Err(CallFailure::Plugin(error)) => format!("{error:?}"),
+        other => panic!("expected a config error, got {other:?}"),
+    }
+}
+
+#[test]
+fn configuration_errors_say_what_is_wrong() {
+    let error = start_error(json!({ "plot": { "ykeys": ["rewards"] } }));
+    assert!(error.contains("InvalidConfig") && error.contains("`plot.xkey` is missing"), "{error}");
+    let error = start_error(json!({ "plot": { "xkey": "n_env_steps", "ykeys": ["reward"] } }));
+    assert!(error.contains("`plot.ykeys` names `reward`, which is not a series; the series are: rewards, rewards_av"), "{error}");
+    let error = start_error(json!({ "path": "/home/SoulsAI/saves" }));
+    assert!(error.contains("must be a folder inside the plugin's data directory"), "{error}");
+    let error = start_error(json!({ "colour": "red" }));
+    assert!(error.contains("unknown key `colour`"), "{error}");
+}
+
+#[test]
+fn an_unwritable_directory_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest_dir = tempfile::tempdir().unwrap();
+    let component = manifest_dir.path().join("file.wasm");
+    std::fs::copy(connector("file"), &component).unwrap();
+    std::fs::write(manifest_dir.path().join("plugin.toml"), "name = \"file\"\ncomponent = \"file.wasm\"\n[grants]\ndata_dir = { path = \"x\", access = \"read-only\" }\n").unwrap();
+    let options = IsolationOptions {
+        data_dir: Some(dir.path().to_path_buf()),
+        ..IsolationOptions::default()
+    };
+    let mut plugin = IsolatedPlugin::load(&component, options).unwrap();
+    let error = format!("{:?}", plugin.start().unwrap_err());
+    assert!(error.contains("cannot write /data/telemetry.jsonl") && error.contains("read-write"), "{error}");
+}
