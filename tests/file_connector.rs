@@ -148,3 +148,30 @@ fn an_unwritable_directory_is_a_clear_error() {
     let error = format!("{:?}", plugin.start().unwrap_err());
     assert!(error.contains("cannot write /data/telemetry.jsonl") && error.contains("read-write"), "{error}");
 }
+
+#[test]
+fn the_plot_decodes_has_the_configured_size_and_a_curve_in_every_subplot() {
+    let plot = json!({ "xkey": "n_env_steps", "ykeys": ["rewards_av", "steps_av", "wins_av", "time"], "width": 800, "height": 600, "min_interval_s": 0 });
+    let mut plugin = file_plugin(json!({ "plot": plot }));
+    plugin.start().unwrap();
+    push(&mut plugin, (0..500).map(sample));
+    plugin.stop().unwrap();
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(plugin.data_dir().join("telemetry.png")).unwrap()));
+    let mut reader = decoder.read_info().unwrap();
+    let mut pixels = vec![0; reader.output_buffer_size().unwrap()];
+    let frame = reader.next_frame(&mut pixels).unwrap();
+    assert_eq!((frame.width, frame.height), (800, 600));
+    assert_eq!(frame.color_type, png::ColorType::Rgb);
+    // The curve colour, counted in each of the four subplots (2 columns, 2 rows).
+    let mut per_subplot = [0usize; 4];
+    for (index, rgb) in pixels.chunks(3).enumerate() {
+        if rgb == [31, 119, 180] {
+            let (x, y) = (index % 800, index / 800);
+            per_subplot[(y / 300) * 2 + x / 400] += 1;
+        }
+    }
+    assert!(per_subplot.iter().all(|count| *count > 200), "{per_subplot:?}");
+    // Text is drawn: dark pixels in the title band.
+    let title_dark = pixels[..800 * 3 * 30].chunks(3).filter(|rgb| rgb.iter().all(|c| *c < 100)).count();
+    assert!(title_dark > 100, "the title must be drawn, found {title_dark} dark pixels");
+}

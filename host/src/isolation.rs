@@ -263,8 +263,10 @@ fn manifest_beside(path: &Path) -> Result<Manifest> {
         manifest.component = path.to_path_buf();
         return Ok(manifest);
     }
+    let bare = path.extension().is_some_and(|extension| extension == "wasm");
     let mut manifest = crate::plugins::manifest_for(path).with_context(|| format!("cannot find a plugin at {}", path.display()))?;
-    if manifest.grants.listen.is_none() {
+    if bare {
+        // No manifest: grant what a handler needs; isolation never listens anyway.
         manifest.grants.listen = Some(ListenGrant {
             address: None,
             prefix: Some(format!("/{}", manifest.name)),

@@ -30,12 +30,10 @@ pub struct PlotSettings {
     pub width: u32,
     pub height: u32,
     pub min_interval_s: f64,
-    pub svg: bool,
-    pub dir: PathBuf,
 }
 
 const KEYS: &[&str] = &["path", "save_dir", "json_interval_s", "fsync", "nan", "plot", "moving_average"];
-const PLOT_KEYS: &[&str] = &["xkey", "ykeys", "moving_average", "width", "height", "min_interval_s", "svg"];
+const PLOT_KEYS: &[&str] = &["xkey", "ykeys", "moving_average", "width", "height", "min_interval_s"];
 
 fn check_keys(object: &serde_json::Map<String, Value>, known: &[&str], section: &str) -> Result<(), String> {
     match object.keys().find(|key| !known.contains(&key.as_str())) {
@@ -80,7 +78,7 @@ pub fn parse(context: &StartContext) -> Result<Settings, String> {
     let default_average = object.get("moving_average").and_then(Value::as_u64).unwrap_or(20);
     let plot = match object.get("plot") {
         None | Some(Value::Bool(false)) | Some(Value::Null) => None,
-        Some(Value::Object(plot)) => Some(parse_plot(plot, context, default_average, &dir)?),
+        Some(Value::Object(plot)) => Some(parse_plot(plot, context, default_average)?),
         Some(other) => return Err(format!("`plot` must be a table with xkey and ykeys, not {other}")),
     };
     Ok(Settings {
@@ -92,7 +90,7 @@ pub fn parse(context: &StartContext) -> Result<Settings, String> {
     })
 }
 
-fn parse_plot(plot: &serde_json::Map<String, Value>, context: &StartContext, default_average: u64, dir: &std::path::Path) -> Result<PlotSettings, String> {
+fn parse_plot(plot: &serde_json::Map<String, Value>, context: &StartContext, default_average: u64) -> Result<PlotSettings, String> {
     check_keys(plot, PLOT_KEYS, "plot.")?;
     let series_name = |value: &Value, key: &str| -> Result<String, String> {
         let name = value.as_str().ok_or_else(|| format!("`{key}` must be a series name"))?;
@@ -125,7 +123,5 @@ fn parse_plot(plot: &serde_json::Map<String, Value>, context: &StartContext, def
         width: size("width", 1200)?,
         height: size("height", 800)?,
         min_interval_s: positive_number(plot.get("min_interval_s"), "plot.min_interval_s", 10.0)?,
-        svg: plot.get("svg").and_then(Value::as_bool).unwrap_or(false),
-        dir: dir.to_path_buf(),
     })
 }

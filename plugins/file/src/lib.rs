@@ -6,12 +6,13 @@
 //! - `telemetry.json`: the original's dict of columns `{series: [values...]}`, rewritten
 //!   atomically (temporary file, fsync, rename) at most every `json_interval_s` and at
 //!   `stop`. After `stop` both files hold the same rows.
-//! - `telemetry.png` (and optionally `telemetry.svg`) when `plot` is configured.
+//! - `telemetry.png` when `plot` is configured.
 
 mod columns_json;
 mod config;
 mod plot;
 mod rows_jsonl;
+mod text_backend;
 
 use std::cell::RefCell;
 use std::time::Instant;
