@@ -5,6 +5,7 @@
 
 mod dates;
 mod query;
+mod validate;
 
 use std::cell::RefCell;
 
@@ -148,6 +149,9 @@ impl Answer {
     }
 }
 
+/// Endpoints whose request body is required.
+const BODY_REQUIRED: &[&str] = &["/query", "/variable", "/tag-values"];
+
 /// The routes, with the methods each accepts.
 const ROUTES: &[(&str, &[&str])] = &[
     ("/", &["GET", "HEAD"]),
@@ -207,8 +211,13 @@ fn route(request: &Request, settings: &Settings) -> Answer {
     if path == "/openapi.json" {
         return Answer::json_text(200, OPENAPI.to_string());
     }
-    // Bodies may be absent (Grafana sends none for some option lookups).
-    let body: Value = if request.body.iter().all(u8::is_ascii_whitespace) {
+    // Bodies may be absent (Grafana sends none for some option lookups), except where the
+    // OpenAPI document requires one.
+    let absent = request.body.is_empty();
+    if absent && BODY_REQUIRED.contains(&path) {
+        return Answer::error(400, "bad_request", &format!("{path} needs a JSON object as its body"));
+    }
+    let body: Value = if absent {
         json!({})
     } else {
         match serde_json::from_slice(&request.body) {
@@ -218,6 +227,9 @@ fn route(request: &Request, settings: &Settings) -> Answer {
     };
     if !body.is_object() {
         return Answer::error(400, "bad_request", "the request body must be a JSON object");
+    }
+    if let Err(answer) = validate::request(path, &body).and_then(|()| if absent { Ok(()) } else { validate::required(path, &body) }) {
+        return answer;
     }
     let result = match path {
         "/metrics" => Ok(query::metrics(settings)),

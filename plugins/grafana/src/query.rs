@@ -51,20 +51,25 @@ fn matching_series(pattern: &str, names: &[String]) -> Result<Vec<String>, Answe
     Ok(names.iter().filter(|name| regex.is_match(name)).cloned().collect())
 }
 
+/// Series a lookup (variable, search) names: like a query target, but a pattern that is
+/// no valid regex is taken literally, since these answer lists, not data.
+fn lookup_series(pattern: &str, names: Vec<String>) -> Vec<String> {
+    if pattern.is_empty() || pattern == "*" {
+        return names;
+    }
+    matching_series(pattern, &names).unwrap_or_else(|_| names.into_iter().filter(|name| name.contains(pattern)).collect())
+}
+
 pub fn variable(body: &Value) -> Result<Value, Answer> {
-    let names = history::series_names();
     let target = body["payload"]["target"].as_str().or_else(|| body["target"].as_str()).unwrap_or("");
-    let selected = if target.is_empty() || target == "*" { names } else { matching_series(target, &names)? };
+    let selected = lookup_series(target, history::series_names());
     Ok(Value::Array(selected.into_iter().map(|name| json!({ "__text": name, "__value": name, "text": name, "value": name })).collect()))
 }
 
 pub fn search(body: &Value) -> Result<Value, Answer> {
     let names = history::series_names();
     let target = body["target"].as_str().unwrap_or("");
-    if target.is_empty() {
-        return Ok(json!(names));
-    }
-    let mut selected = matching_series(target, &names)?;
+    let mut selected = lookup_series(target, names.clone());
     if selected.is_empty() {
         selected = names.into_iter().filter(|name| name.contains(target)).collect();
     }
@@ -93,9 +98,7 @@ fn time_span(body: &Value) -> Result<Span, Answer> {
     };
     let (from, to) = (bound("from")?, bound("to")?);
     let (from_ms, to_ms) = (from.unwrap_or(i64::MIN), to.unwrap_or(i64::MAX));
-    if from_ms > to_ms {
-        return Err(Answer::error(400, "bad_range", "range.from is after range.to"));
-    }
+    // `from` after `to` is an empty range: no points, as Grafana expects of a time filter.
     Ok(Span::Time(TimeRange { from_ms, to_ms }))
 }
 

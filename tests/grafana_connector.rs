@@ -1,0 +1,311 @@
+//! The Grafana connector: every endpoint in isolation, then end to end through the host's
+//! HTTP server, and conformance to its OpenAPI document with schemathesis.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use telemetry_suite::{PluginSpec, TestHost};
+use telemetry_testkit::{IsolatedPlugin, IsolationOptions, connector};
+
+const SERIES: usize = 10;
+const T0: i64 = 1_700_000_000_000;
+
+fn grafana() -> IsolatedPlugin {
+    let mut plugin = IsolatedPlugin::load(&connector("grafana"), IsolationOptions::default()).unwrap();
+    plugin.start().unwrap();
+    plugin
+}
+
+/// Appends rows at `T0 + index * 1000` ms whose `rewards` (column 0) is `value(index)`
+/// and every other series the index.
+fn push_rows(plugin: &IsolatedPlugin, count: usize, value: impl Fn(usize) -> f64) {
+    let mut history = plugin.history.write().unwrap();
+    let start = history.row_count() as usize;
+    for index in start..start + count {
+        let mut row = vec![index as f64; SERIES];
+        row[0] = value(index);
+        history.push_row(T0 + index as i64 * 1000, &row);
+    }
+}
+
+fn post(plugin: &mut IsolatedPlugin, path: &str, body: Value) -> (u16, Value) {
+    let response = plugin.request("POST", path, body.to_string().as_bytes()).unwrap();
+    (response.status, serde_json::from_slice(&response.body).unwrap_or(Value::Null))
+}
+
+fn iso(ms: i64) -> String {
+    // Seconds since the epoch to a UTC date, enough for the test range around T0.
+    let seconds = ms.div_euclid(1000);
+    let millis = ms.rem_euclid(1000);
+    let days = seconds.div_euclid(86_400);
+    let rest = seconds.rem_euclid(86_400);
+    let (year, month, day) = civil_from_days(days);
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z", rest / 3600, rest % 3600 / 60, rest % 60)
+}
+
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(month <= 2), month, day)
+}
+
+fn query(targets: Value, from: i64, to: i64, max_points: Value) -> Value {
+    json!({ "range": { "from": iso(from), "to": iso(to), "raw": { "from": "now-1h", "to": "now" } }, "maxDataPoints": max_points, "targets": targets, "intervalMs": 1000 })
+}
+
+#[test]
+fn health_metrics_and_options() {
+    let mut plugin = grafana();
+    let response = plugin.request("GET", "/", b"").unwrap();
+    assert_eq!((response.status, response.body.as_slice()), (200, b"OK".as_slice()));
+    let (status, metrics) = post(&mut plugin, "/metrics", json!({}));
+    assert_eq!(status, 200);
+    let names: Vec<&str> = metrics.as_array().unwrap().iter().map(|metric| metric["value"].as_str().unwrap()).collect();
+    assert_eq!(names[..3], ["rewards", "rewards_av", "steps"]);
+    assert_eq!(metrics[0]["payloads"][0]["name"], "x_axis");
+    let (_, options) = post(&mut plugin, "/metric-payload-options", json!({ "metric": "rewards", "payload": {}, "name": "format" }));
+    assert_eq!(options, json!([{ "label": "Time series", "value": "time_series" }, { "label": "Table", "value": "table" }]));
+    let (_, search) = post(&mut plugin, "/search", json!({ "target": "" }));
+    assert_eq!(search.as_array().unwrap().len(), SERIES);
+    assert!(search.as_array().unwrap().contains(&json!("n_env_steps")), "the original's cut-suffix bug is gone");
+    let (_, values) = post(&mut plugin, "/variable", json!({ "payload": { "target": "rewards.*" } }));
+    assert_eq!(values[1]["__value"], "rewards_av");
+    let (_, keys) = post(&mut plugin, "/tag-keys", json!({}));
+    assert_eq!(keys, json!([{ "type": "string", "text": "series" }]));
+    let (_, annotations) = post(&mut plugin, "/annotations", json!({}));
+    assert_eq!(annotations, json!([]));
+}
+
+#[test]
+fn query_filters_the_range_inclusively_at_both_edges() {
+    let mut plugin = grafana();
+    push_rows(&plugin, 100, |index| index as f64);
+    let (status, answer) = post(&mut plugin, "/query", query(json!([{ "target": "rewards", "refId": "A" }]), T0 + 10_000, T0 + 20_000, json!(1000)));
+    assert_eq!(status, 200);
+    let points = answer[0]["datapoints"].as_array().unwrap();
+    assert_eq!(points.len(), 11);
+    assert_eq!(points[0], json!([10.0, T0 + 10_000]));
+    assert_eq!(points[10], json!([20.0, T0 + 20_000]));
+    assert_eq!(answer[0]["target"], "rewards");
+    assert_eq!(answer[0]["refId"], "A");
+    // One millisecond inside each edge drops both edge rows.
+    let (_, answer) = post(&mut plugin, "/query", query(json!([{ "target": "rewards", "refId": "A" }]), T0 + 10_001, T0 + 19_999, json!(1000)));
+    assert_eq!(answer[0]["datapoints"].as_array().unwrap().len(), 9);
+}
+
+#[test]
+fn downsampling_keeps_spikes_first_last_and_gaps_as_null() {
+    let mut plugin = grafana();
+    push_rows(&plugin, 100_000, |index| match index {
+        31_337 => 1e9,
+        77_777 => -1e9,
+        5 => f64::NAN,
+        _ => (index % 7) as f64,
+    });
+    let request = query(json!([{ "target": "rewards", "refId": "A" }]), T0, T0 + 100_000_000, json!(200));
+    let (_, answer) = post(&mut plugin, "/query", request);
+    let points = answer[0]["datapoints"].as_array().unwrap();
+    assert!(points.len() <= 200, "{}", points.len());
+    assert_eq!(points[0][1], json!(T0));
+    assert_eq!(points.last().unwrap()[1], json!(T0 + 99_999_000));
+    assert!(points.contains(&json!([1e9, T0 + 31_337_000])));
+    assert!(points.contains(&json!([-1e9, T0 + 77_777_000])));
+    assert!(points.windows(2).all(|pair| pair[0][1].as_i64() < pair[1][1].as_i64()), "sorted by time");
+    // The gap at row 5 shows in a narrow range.
+    let (_, answer) = post(&mut plugin, "/query", query(json!([{ "target": "rewards", "refId": "A" }]), T0, T0 + 9_000, json!(100)));
+    assert_eq!(answer[0]["datapoints"][5], json!([null, T0 + 5_000]));
+}
+
+#[test]
+fn absurd_max_data_points_are_clamped() {
+    let mut plugin = grafana();
+    push_rows(&plugin, 20_000, |index| index as f64);
+    for (max_points, expected_at_most) in [(json!(0), 1000), (json!(-5), 1000), (json!(2.7), 2), (json!(1e308), 10_000)] {
+        let (status, answer) = post(&mut plugin, "/query", query(json!([{ "target": "rewards", "refId": "A" }]), T0, T0 + 100_000_000, max_points.clone()));
+        assert_eq!(status, 200, "{max_points}");
+        let count = answer[0]["datapoints"].as_array().unwrap().len();
+        assert!(count >= 1 && count <= expected_at_most, "{max_points}: {count}");
+    }
+    let (status, _) = post(&mut plugin, "/query", query(json!([{ "target": "rewards" }]), T0, T0 + 1, json!("many")));
+    assert_eq!(status, 400, "a maxDataPoints that is not a number is refused");
+}
+
+#[test]
+fn regex_targets_hidden_targets_and_tables() {
+    let mut plugin = grafana();
+    push_rows(&plugin, 10, |index| index as f64);
+    let targets = json!([
+        { "target": "(rewards|steps)", "refId": "A" },
+        { "target": "wins", "refId": "B", "hide": true },
+        { "target": "time_av", "refId": "C", "payload": { "format": "table" } },
+    ]);
+    let (_, answer) = post(&mut plugin, "/query", query(targets, T0, T0 + 1_000_000, json!(100)));
+    let items = answer.as_array().unwrap();
+    assert_eq!(items.len(), 3);
+    assert_eq!((items[0]["target"].as_str(), items[0]["refId"].as_str()), (Some("rewards"), Some("A")));
+    assert_eq!((items[1]["target"].as_str(), items[1]["refId"].as_str()), (Some("steps"), Some("A")));
+    assert_eq!(items[2]["type"], "table");
+    assert_eq!(items[2]["refId"], "C");
+    assert_eq!(items[2]["columns"][1]["text"], "time_av");
+    assert_eq!(items[2]["rows"][3], json!([T0 + 3000, 3.0]));
+}
+
+#[test]
+fn step_x_axis_places_points_at_their_step() {
+    let mut plugin = grafana();
+    push_rows(&plugin, 10, |index| index as f64 * 2.0);
+    // Column 4 is n_env_steps, the step key of the default config: the row index here.
+    let targets = json!([{ "target": "rewards", "refId": "A", "payload": { "x_axis": "step" } }]);
+    let (_, answer) = post(&mut plugin, "/query", query(targets, 0, 1, json!(100)));
+    assert_eq!(answer[0]["datapoints"][3], json!([6.0, 3]));
+}
+
+#[test]
+fn a_query_without_targets_keeps_the_original_answer() {
+    let mut plugin = grafana();
+    push_rows(&plugin, 101, |index| index as f64);
+    let (status, answer) = post(&mut plugin, "/query", json!({ "maxDataPoints": 5 }));
+    assert_eq!(status, 200);
+    assert_eq!(answer["rewards"], json!([0.0, 25.0, 50.0, 75.0, 100.0]));
+    assert_eq!(answer.as_object().unwrap().len(), SERIES);
+}
+
+#[test]
+fn bad_requests_get_a_400_with_message_and_error_never_a_500() {
+    let mut plugin = grafana();
+    push_rows(&plugin, 10, |index| index as f64);
+    let check = |status: u16, body: &Value, code: &str, needle: &str| {
+        assert_eq!(status, 400, "{body}");
+        assert_eq!(body["error"]["code"], code, "{body}");
+        assert!(body["message"].as_str().unwrap().contains(needle), "{body}");
+    };
+    let response = plugin.request("POST", "/query", b"{not json").unwrap();
+    check(response.status, &serde_json::from_slice(&response.body).unwrap(), "bad_json", "not valid JSON");
+    let (status, body) = post(&mut plugin, "/query", json!({ "range": { "from": "yesterday", "to": iso(T0) }, "targets": [{ "target": "rewards" }] }));
+    check(status, &body, "bad_range", "range.from: `yesterday` is not an RFC 3339 date");
+    let (status, body) = post(&mut plugin, "/query", json!({ "targets": [{ "target": "(rewards" }] }));
+    check(status, &body, "bad_regex", "neither a series nor a valid regex");
+    let (status, body) = post(&mut plugin, "/query", json!({ "range": { "from": iso(T0 + 5000), "to": iso(T0) }, "targets": [{ "target": "rewards" }] }));
+    assert_eq!((status, &body[0]["datapoints"]), (200, &json!([])), "from after to is an empty range");
+    let response = plugin.request("GET", "/nope", b"").unwrap();
+    assert_eq!(response.status, 404);
+    let response = plugin.request("GET", "/query", b"").unwrap();
+    assert_eq!(response.status, 405);
+    assert!(response.headers.contains(&("allow".into(), "POST".into())));
+}
+
+#[test]
+fn auth_and_cors_come_from_the_config() {
+    let options = IsolationOptions {
+        plugin_config: toml::from_str("bearer_token = \"s3cret\"\ncors_origin = \"*\"\n").unwrap(),
+        ..IsolationOptions::default()
+    };
+    let mut plugin = IsolatedPlugin::load(&connector("grafana"), options).unwrap();
+    plugin.start().unwrap();
+    let response = plugin.request("POST", "/metrics", b"{}").unwrap();
+    assert_eq!(response.status, 401);
+    assert!(response.headers.iter().any(|(name, value)| name == "access-control-allow-origin" && value == "*"));
+    let mut request = telemetry_testkit::Request {
+        method: "POST".into(),
+        target: "/metrics".into(),
+        query: String::new(),
+        headers: vec![("Authorization".into(), "Bearer s3cret".into())],
+        body: b"{}".to_vec(),
+    };
+    assert_eq!(plugin.request_raw(&request).unwrap().status, 200);
+    request.method = "OPTIONS".into();
+    request.headers.clear();
+    let preflight = plugin.request_raw(&request).unwrap();
+    assert_eq!(preflight.status, 204);
+    assert!(preflight.headers.iter().any(|(name, value)| name == "access-control-allow-headers" && value.contains("authorization")));
+}
+
+/// A host with the grafana plugin behind its HTTP server; returns the base URL.
+fn serve_grafana(host: &TestHost, runtime: &tokio::runtime::Runtime) -> (String, Vec<telemetry_host::capabilities::http_server::BoundServer>) {
+    let servers = runtime
+        .block_on(telemetry_host::capabilities::http_server::serve("127.0.0.1:0", host.plugins().http_routes(), 1 << 20))
+        .unwrap();
+    (format!("http://{}/grafana", servers[0].address), servers)
+}
+
+#[test]
+fn end_to_end_through_the_host_http_server() {
+    let mut host = TestHost::start(&[PluginSpec::new("grafana", connector("grafana"), "[grants]\nlisten = { prefix = \"/grafana\" }\n")]);
+    host.feed(500);
+    assert!(host.wait_for_cursor("grafana", 500, Duration::from_secs(20)));
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (base, servers) = serve_grafana(&host, &runtime);
+    runtime.block_on(async {
+        let client = reqwest::Client::new();
+        let health = client.get(format!("{base}/")).send().await.unwrap();
+        assert_eq!(health.status(), 200);
+        let answer: Value = client
+            .post(format!("{base}/query"))
+            .json(&json!({ "targets": [{ "target": "rewards", "refId": "A" }], "maxDataPoints": 100, "range": { "from": "2000-01-01T00:00:00Z", "to": "2100-01-01T00:00:00Z" } }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let points = answer[0]["datapoints"].as_array().unwrap();
+        assert!(!points.is_empty() && points.len() <= 100);
+        assert_eq!(points[0][0], json!(-50.0), "the first sample's reward");
+        let missing = client.post(format!("{base}/../other")).send().await.unwrap();
+        assert_eq!(missing.status(), 404);
+        let outside = client.get(format!("{}/elsewhere", base.trim_end_matches("/grafana"))).send().await.unwrap();
+        assert_eq!(outside.status(), 404);
+        let big = client.post(format!("{base}/query")).body(vec![b' '; 2 << 20]).send().await.unwrap();
+        assert_eq!(big.status(), 413);
+        for server in servers {
+            server.shutdown().await;
+        }
+    });
+}
+
+fn schemathesis() -> String {
+    std::env::var("SCHEMATHESIS").unwrap_or_else(|_| "schemathesis".into())
+}
+
+/// Runs schemathesis against the running host with the plugin's own OpenAPI document, in
+/// the two modes of the reference checklist.
+#[test]
+fn conforms_to_its_openapi_document_under_schemathesis() {
+    let mut host = TestHost::start(&[PluginSpec::new("grafana", connector("grafana"), "[grants]\nlisten = { prefix = \"/grafana\" }\n")]);
+    host.feed(300);
+    assert!(host.wait_for_cursor("grafana", 300, Duration::from_secs(20)));
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (base, servers) = serve_grafana(&host, &runtime);
+    let spec = host.root.path().join("openapi.json");
+    let document = runtime.block_on(async { reqwest::get(format!("{base}/openapi.json")).await.unwrap().text().await.unwrap() });
+    std::fs::write(&spec, document).unwrap();
+    let runs: [&[&str]; 2] = [
+        // A target that is no valid regex is refused with a 400 on purpose (the panel shows
+        // why), which schemathesis' positive_data_acceptance cannot know.
+        &["--mode", "positive", "--checks", "all", "--exclude-checks", "positive_data_acceptance", "--max-examples", "40", "--max-time", "40", "--seed", "1"],
+        &["--mode", "all", "--checks", "all", "--exclude-checks", "status_code_conformance,positive_data_acceptance", "--max-examples", "40", "--max-time", "40", "--seed", "1"],
+    ];
+    for args in runs {
+        let output = std::process::Command::new(schemathesis())
+            .arg("run")
+            .arg(&spec)
+            .args(["--url", &base])
+            .args(args)
+            .env("SCHEMATHESIS_HOOKS", "")
+            .output()
+            .unwrap_or_else(|error| panic!("cannot run {} ({error}); install it with `pip install schemathesis` or run the tests through .ci/run", schemathesis()));
+        let text = format!("{}\n{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        assert!(output.status.success(), "schemathesis {args:?} failed:\n{text}");
+    }
+    runtime.block_on(async {
+        for server in servers {
+            server.shutdown().await;
+        }
+    });
+}
