@@ -5,6 +5,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use telemetry_host::capabilities::outgoing_http::Transport;
+use telemetry_host::capabilities::secrets::Secrets;
 use telemetry_suite::{PluginSpec, TestHost, recorder_manifest, test_config, wait_until};
 use telemetry_testkit::fixture;
 
@@ -50,7 +51,7 @@ fn writing_to_a_read_only_directory_is_denied() {
         misbehaving("[grants]\ndata_dir = { path = \"bad\", access = \"read-only\" }\noutbound = [{ url = \"http://127.0.0.1:9\" }]\n[config]\nfault = \"write-readonly\"\n"),
         good(),
     ];
-    let mut host = TestHost::start_with(root, config, &plugins, Transport::network().unwrap());
+    let mut host = TestHost::start_with(root, config, &plugins, Transport::network().unwrap(), Secrets::default());
     assert!(host.load_errors.is_empty(), "{:?}", host.load_errors);
     feed_and_check_good(&mut host);
     let log = host.log_text("bad");

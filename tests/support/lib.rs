@@ -1,5 +1,7 @@
 //! Shared helpers of the integration suite: a host with real plugin runners over a
-//! temporary plugin directory, and sample generators.
+//! temporary plugin directory, sample generators, and a W&B stand-in.
+
+pub mod wandb_standin;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -86,10 +88,10 @@ impl TestHost {
     pub fn start(plugins: &[PluginSpec]) -> TestHost {
         let root = tempfile::tempdir().unwrap();
         let config = test_config(root.path());
-        Self::start_with(root, config, plugins, Transport::network().unwrap())
+        Self::start_with(root, config, plugins, Transport::network().unwrap(), Secrets::default())
     }
 
-    pub fn start_with(root: tempfile::TempDir, config: HostConfig, plugins: &[PluginSpec], transport: Transport) -> TestHost {
+    pub fn start_with(root: tempfile::TempDir, config: HostConfig, plugins: &[PluginSpec], transport: Transport, secrets: Secrets) -> TestHost {
         let plugin_dir = root.path().join("plugins");
         write_plugin_dir(&plugin_dir, plugins);
         let history = History::new(series_names(&config.telemetry.transforms)).shared();
@@ -111,7 +113,7 @@ impl TestHost {
                     let env = PluginEnv {
                         log_capture: Some(capture.clone()),
                         denied: Arc::new(AtomicU64::new(0)),
-                        ..plugin_env(&config, &history, &Secrets::default(), &transport)
+                        ..plugin_env(&config, &history, &secrets, &transport)
                     };
                     set.add(loaded, env, 0, options(&config)).unwrap();
                     logs.push((plugin.name.clone(), capture));
@@ -141,6 +143,13 @@ impl TestHost {
             assert!(matches!(outcome, telemetry_host::ingest::Outcome::Accepted { .. }), "{outcome:?}");
             self.fed += 1;
         }
+        self.plugins().notify_all();
+    }
+
+    /// Feeds one sample of any shape, notifying plugins.
+    pub fn push_sample(&mut self, sample: &serde_json::Value) {
+        let outcome = self.ingest.accept(sample, "test");
+        assert!(matches!(outcome, telemetry_host::ingest::Outcome::Accepted { .. }), "{outcome:?}");
         self.plugins().notify_all();
     }
 

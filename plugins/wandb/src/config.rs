@@ -21,6 +21,8 @@ pub struct Settings {
     pub max_queue_rows: usize,
     pub stop_timeout_s: f64,
     pub request_timeout_s: f64,
+    /// Continue the run recorded in the data directory, if any.
+    pub resume: bool,
 }
 
 const KEYS: &[&str] = &[
@@ -37,6 +39,7 @@ const KEYS: &[&str] = &[
     "stop_timeout_s",
     "request_timeout_s",
     "save_dir",
+    "resume",
 ];
 
 pub fn parse(context: &StartContext) -> Result<Settings, String> {
@@ -104,5 +107,10 @@ pub fn parse(context: &StartContext) -> Result<Settings, String> {
         max_queue_rows: number("max_queue_rows", 100_000.0, 1.0)? as usize,
         stop_timeout_s: number("stop_timeout_s", 30.0, 0.0)?,
         request_timeout_s: number("request_timeout_s", 20.0, 0.1)?,
+        resume: match object.get("resume") {
+            None => true,
+            Some(Value::Bool(resume)) => *resume,
+            Some(other) => return Err(format!("`resume` must be true or false, not {other}")),
+        },
     })
 }

@@ -1,10 +1,12 @@
 //! Weights & Biases connector: every row of the training run becomes one history line
 //! of a W&B run, sent through the host's outgoing HTTP (which attaches the API key).
 //!
-//! - Line `n` of `wandb-history.jsonl` is row `base_row + n`: offsets are contiguous, a
-//!   retry resends the same offsets (idempotent), and a restart continues the same run
-//!   (run id and sending cursor kept in `/data/wandb-run.json`).
-//! - `_step` is the row index by default, which always increases; with
+//! - Every row becomes the next line of `wandb-history.jsonl`: offsets are contiguous, a
+//!   retry resends the same offsets (idempotent), and a restart continues the same run at
+//!   the next offset (run id and counters kept in `/data/wandb-run.json`; `resume = false`
+//!   or deleting that file starts a new run).
+//! - `_step` is the line index by default, which always increases (it equals the row
+//!   index unless the host's history started over); with
 //!   `step = "step_key"` it is the step series, and a row whose step is not larger than
 //!   the last one gets the last step + 1 (warned once) instead of being dropped by W&B.
 //! - Sending: at most one request per `transmit_interval_s` (never more than 2 a second),
@@ -49,10 +51,10 @@ struct RunState {
     base_url: String,
     project: String,
     entity: Option<String>,
-    /// Row of history line 0.
-    base_row: u64,
-    /// Rows before this one were accepted by W&B.
-    sent_row: u64,
+    /// History lines W&B accepted.
+    lines_sent: u64,
+    /// The host row after the last accepted line.
+    row_sent: u64,
     last_step: Option<i64>,
 }
 
@@ -64,8 +66,8 @@ impl RunState {
             base_url: value["base_url"].as_str()?.to_string(),
             project: value["project"].as_str()?.to_string(),
             entity: value["entity"].as_str().map(String::from),
-            base_row: value["base_row"].as_u64()?,
-            sent_row: value["sent_row"].as_u64()?,
+            lines_sent: value["lines_sent"].as_u64()?,
+            row_sent: value["row_sent"].as_u64()?,
             last_step: value["last_step"].as_i64(),
         })
     }
@@ -73,7 +75,7 @@ impl RunState {
     fn save(&self) -> std::io::Result<()> {
         let value = json!({
             "run_id": self.run_id, "base_url": self.base_url, "project": self.project, "entity": self.entity,
-            "base_row": self.base_row, "sent_row": self.sent_row, "last_step": self.last_step,
+            "lines_sent": self.lines_sent, "row_sent": self.row_sent, "last_step": self.last_step,
         });
         let temporary = format!("{STATE_FILE}.tmp");
         std::fs::write(&temporary, value.to_string())?;
@@ -85,7 +87,8 @@ struct Stream {
     settings: Settings,
     run: RunState,
     run_started_ms: i64,
-    /// History lines not yet accepted, in row order; the first is row `run.sent_row`.
+    /// History lines not yet accepted, in order; the first is line `run.lines_sent`, row
+    /// `run.row_sent`.
     queue: VecDeque<String>,
     /// Row index after the last queued row.
     queued_row: u64,
@@ -149,8 +152,7 @@ impl Stream {
                     self.run.project = project;
                 }
                 if let Some(lines) = bucket.history_line_count {
-                    let server_row = self.run.base_row + lines;
-                    if server_row > self.run.sent_row {
+                    if lines > self.run.lines_sent {
                         log(Level::Warn, &format!("W&B holds {lines} history lines, more than this plugin recorded; the extra lines will be overwritten"));
                     }
                 }
@@ -194,7 +196,7 @@ impl Stream {
     fn step_of(&mut self, batch: &Rows, offset: usize, row: u64) -> i64 {
         let previous = self.last_line_step;
         let step = match &self.settings.step_series {
-            None => row as i64,
+            None => (self.run.lines_sent + self.queue.len() as u64) as i64,
             Some(name) => {
                 let column = self.settings.series.iter().find(|(series, _)| series == name).map(|(_, column)| *column);
                 let column = column.or_else(|| batch_column_of(name));
@@ -253,7 +255,7 @@ impl Stream {
                 bytes += line.len() + 3;
                 content.push(line.clone());
             }
-            let offset = self.run.sent_row - self.run.base_row;
+            let offset = self.run.lines_sent;
             Some((
                 content.len(),
                 json!({ "files": {
@@ -279,7 +281,8 @@ impl Stream {
                 if lines > 0 {
                     self.last_transmit = self.last_request;
                     self.queue.drain(..lines);
-                    self.run.sent_row += lines as u64;
+                    self.run.lines_sent += lines as u64;
+                    self.run.row_sent += lines as u64;
                     if let Err(error) = self.run.save() {
                         log(Level::Warn, &format!("{STATE_FILE}: {error}; a restart may resend lines"));
                     }
@@ -347,20 +350,27 @@ struct Wandb;
 impl Guest for Wandb {
     fn start(context: StartContext) -> Result<(), ConnectorError> {
         let settings = config::parse(&context).map_err(ConnectorError::InvalidConfig)?;
-        let resumed = RunState::load().filter(|run| run.base_url == settings.base_url && run.project == settings.project && (settings.entity.is_none() || run.entity == settings.entity));
-        let run = resumed.clone().unwrap_or_else(|| RunState {
+        let resumed = RunState::load()
+            .filter(|_| settings.resume)
+            .filter(|run| run.base_url == settings.base_url && run.project == settings.project && (settings.entity.is_none() || run.entity == settings.entity));
+        let mut run = resumed.clone().unwrap_or_else(|| RunState {
             run_id: random_run_id(),
             base_url: settings.base_url.clone(),
             project: settings.project.clone(),
             entity: settings.entity.clone(),
-            base_row: 0,
-            sent_row: 0,
+            lines_sent: 0,
+            row_sent: 0,
             last_step: None,
         });
+        if context.next_row < run.row_sent {
+            // The host's history started over (it is not durable across host restarts):
+            // its rows continue the run after the lines already sent.
+            run.row_sent = context.next_row;
+        }
         let timeout = Duration::from_secs_f64(settings.request_timeout_s);
         let mut stream = Stream {
             last_line_step: run.last_step,
-            queued_row: run.sent_row,
+            queued_row: run.row_sent,
             run,
             settings,
             run_started_ms: context.run_started_ms,
@@ -384,7 +394,7 @@ impl Guest for Wandb {
                 log(Level::Warn, &format!("rows {first}..{} are no longer in the host's history; W&B will miss them", context.next_row));
                 stream.dropped_rows += context.next_row - first;
                 stream.queued_row = context.next_row;
-                stream.run.sent_row = stream.run.sent_row.max(context.next_row);
+                stream.run.row_sent = context.next_row;
                 break;
             }
             first = stream.queued_row;
@@ -392,12 +402,12 @@ impl Guest for Wandb {
         log(
             Level::Info,
             &format!(
-                "{} W&B run {} ({}/{}), from row {}",
+                "{} W&B run {} ({}/{}) at line {}",
                 if resumed.is_some() { "resuming" } else { "created" },
                 stream.run.run_id,
                 stream.run.entity.as_deref().unwrap_or("default entity"),
                 stream.run.project,
-                stream.run.sent_row
+                stream.run.lines_sent
             ),
         );
         STREAM.with(|cell| *cell.borrow_mut() = Some(stream));
@@ -445,7 +455,7 @@ impl Guest for Wandb {
                 )));
             }
             stream.send_finish(deadline + Duration::from_secs(5)).map_err(|reason| ConnectorError::Unavailable(format!("sending the finish marker: {reason}")))?;
-            log(Level::Info, &format!("W&B run {} finished with {} rows", stream.run.run_id, stream.run.sent_row - stream.run.base_row));
+            log(Level::Info, &format!("W&B run {} finished with {} history lines", stream.run.run_id, stream.run.lines_sent));
             Ok(())
         })
     }

@@ -1,0 +1,224 @@
+//! The W&B connector through the host's outgoing HTTP, against a W&B stand-in with
+//! injected faults, and compared with the official client's requests for a small run.
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use serde_json::{Value, json};
+use telemetry_host::capabilities::outgoing_http::Transport;
+use telemetry_host::capabilities::secrets::Secrets;
+use telemetry_host::config::HostConfig;
+use telemetry_suite::wandb_standin::{Fault, StandIn};
+use telemetry_suite::{PluginSpec, TestHost, sample, test_config, wait_until};
+use telemetry_testkit::connector;
+
+const KEY: &str = "test-api-key-0123456789abcdef0123456789ab";
+const WAIT: Duration = Duration::from_secs(60);
+
+fn manifest(standin: &StandIn, config: &str) -> String {
+    format!(
+        "[grants]\ndata_dir = {{ path = \"wandb\" }}\n[[grants.outbound]]\nurl = {url:?}\ncredential = {{ secret = \"wandb_api_key\", scheme = \"basic\", username = \"api\" }}\n\
+         [limits]\ncall_timeout_ms = 30000\n[config]\nproject = \"p\"\nentity = \"e\"\ngroup = \"g\"\nbase_url = {url:?}\ntransmit_interval_s = 0\nrequest_timeout_s = 2\nstop_timeout_s = 20\n{config}",
+        url = standin.url()
+    )
+}
+
+fn start_host(standin: &StandIn, root: tempfile::TempDir, config: HostConfig, plugin_config: &str) -> TestHost {
+    let plugins = [PluginSpec::new("wandb", connector("wandb"), &manifest(standin, plugin_config))];
+    let secrets = Secrets::from_values([("wandb_api_key".to_string(), KEY.to_string())]);
+    let host = TestHost::start_with(root, config, &plugins, Transport::network().unwrap(), secrets);
+    assert!(host.load_errors.is_empty(), "{:?}", host.load_errors);
+    host
+}
+
+fn host(standin: &StandIn) -> TestHost {
+    let root = tempfile::tempdir().unwrap();
+    let config = test_config(root.path());
+    start_host(standin, root, config, "")
+}
+
+fn feed_in_updates(host: &mut TestHost, rows: u64, per_update: u64) {
+    for _ in 0..rows / per_update {
+        host.feed(per_update);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn lines(run: &telemetry_suite::wandb_standin::Run) -> Vec<Value> {
+    run.history.values().map(|line| serde_json::from_str(line).unwrap()).collect()
+}
+
+/// Every row arrived once, in order, with its step and values.
+fn assert_rows(run: &telemetry_suite::wandb_standin::Run, count: u64) {
+    assert_eq!(run.history.keys().copied().collect::<Vec<_>>(), (0..count).collect::<Vec<_>>(), "contiguous offsets");
+    for (index, line) in lines(run).iter().enumerate() {
+        let expected = sample(index as u64);
+        assert_eq!(line["_step"], json!(index), "{line}");
+        assert_eq!(line["rewards"].as_f64(), expected["ep_reward"].as_f64(), "{line}");
+        assert_eq!(line["n_env_steps"].as_f64(), expected["total_steps"].as_f64(), "{line}");
+        assert!(line["_timestamp"].as_f64().unwrap() > 1.6e9 && line["_runtime"].as_f64().unwrap() >= 0.0, "{line}");
+    }
+}
+
+#[test]
+fn creates_the_run_streams_every_row_and_finishes() {
+    let standin = StandIn::start();
+    let mut host = host(&standin);
+    feed_in_updates(&mut host, 100, 10);
+    host.stop();
+    let (run_id, run) = standin.only_run();
+    assert_eq!(run_id.len(), 8);
+    assert!(run_id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()), "{run_id}");
+    assert_eq!((run.project.as_str(), run.entity.as_str(), run.group.as_deref()), ("p", "e", Some("g")));
+    assert_eq!(run.config["telemetry"]["value"]["update_interval"], json!(5), "the whole host config, in W&B's value form");
+    assert_rows(&run, 100);
+    let summary: Value = serde_json::from_str(run.summary.as_deref().unwrap()).unwrap();
+    assert_eq!(summary["_step"], json!(99));
+    assert_eq!(summary["rewards"].as_f64(), sample(99)["ep_reward"].as_f64());
+    assert!(summary["_wandb"]["runtime"].is_i64());
+    assert!(run.complete);
+    assert_eq!(run.exitcode, Some(0));
+    let requests = standin.requests();
+    let expected = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("api:{KEY}")));
+    assert!(requests.iter().all(|request| request.headers["authorization"] == expected.as_str()), "the host attaches the key to every request");
+    let streams: Vec<_> = requests.iter().filter(|request| request.path.ends_with("/file_stream")).collect();
+    assert!(streams.windows(2).all(|pair| pair[1].at.duration_since(pair[0].at) >= Duration::from_millis(450)), "never more than 2 file_stream requests a second");
+    assert_eq!(requests[0].body["query"].as_str(), Some(official_upsert_document().as_str()));
+    assert!(!host.log_text("wandb").contains(KEY), "the key never reaches the plugin's log");
+}
+
+#[test]
+fn server_errors_and_rate_limits_are_retried_without_losing_or_duplicating_rows() {
+    let standin = StandIn::start();
+    let mut host = host(&standin);
+    assert!(wait_until(WAIT, || !standin.requests().is_empty()), "the run is created");
+    standin.inject([Fault::Status(500), Fault::RateLimited(1)]);
+    feed_in_updates(&mut host, 60, 10);
+    host.stop();
+    let (_, run) = standin.only_run();
+    assert_rows(&run, 60);
+    assert!(run.complete);
+    let requests = standin.requests();
+    let limited = requests.iter().position(|request| request.status == 429).expect("the 429 was sent");
+    let waited = requests[limited + 1].at.duration_since(requests[limited].at);
+    assert!(waited >= Duration::from_millis(950), "Retry-After: 1 is honoured, waited {waited:?}");
+    let failed = requests.iter().position(|request| request.status == 500).unwrap();
+    assert_eq!(requests[failed + 1].body["files"]["wandb-history.jsonl"]["offset"], requests[failed].body["files"]["wandb-history.jsonl"]["offset"], "a retry resends the same offset");
+}
+
+#[test]
+fn rows_queue_while_wandb_is_unreachable_and_go_out_when_it_is_back() {
+    let standin = StandIn::start();
+    let mut host = host(&standin);
+    feed_in_updates(&mut host, 30, 10);
+    assert!(wait_until(WAIT, || standin.only_run().1.history.len() == 30));
+    host.feed(20);
+    standin.refuse_connections_for(Duration::from_secs(3));
+    feed_in_updates(&mut host, 30, 10);
+    host.stop();
+    let (_, run) = standin.only_run();
+    assert_rows(&run, 80);
+    assert!(run.complete);
+    assert!(host.log_text("wandb").contains("connection failed"), "{}", host.log_text("wandb"));
+}
+
+#[test]
+fn a_fatal_status_stops_the_stream_and_is_reported() {
+    let standin = StandIn::start();
+    let mut host = host(&standin);
+    assert!(wait_until(WAIT, || !standin.requests().is_empty()), "the run is created");
+    standin.inject([Fault::Status(403)]);
+    feed_in_updates(&mut host, 20, 10);
+    assert!(wait_until(WAIT, || host.log_text("wandb").contains("W&B refused the data")), "{}", host.log_text("wandb"));
+    let sent = standin.requests().len();
+    host.feed(10);
+    std::thread::sleep(Duration::from_millis(1500));
+    host.stop();
+    let log = host.log_text("wandb");
+    assert!(log.contains("HTTP 403") && log.contains("no more data is sent to this run"), "{log}");
+    assert_eq!(standin.requests().len(), sent, "nothing is sent after a fatal status");
+    assert!(!standin.only_run().1.complete);
+}
+
+#[test]
+fn a_host_restart_continues_the_same_run_at_the_next_offset() {
+    let standin = StandIn::start();
+    let shared = tempfile::tempdir().unwrap();
+    for round in 0..2 {
+        let root = tempfile::tempdir().unwrap();
+        let mut config = test_config(root.path());
+        config.runtime.data_dir = shared.path().to_path_buf();
+        let mut host = start_host(&standin, root, config, "");
+        feed_in_updates(&mut host, 30, 10);
+        host.stop();
+        let (_, run) = standin.only_run();
+        assert_eq!(run.history.len(), 30 * (round + 1));
+    }
+    let (_, run) = standin.only_run();
+    let steps: Vec<i64> = lines(&run).iter().map(|line| line["_step"].as_i64().unwrap()).collect();
+    assert_eq!(steps, (0..60).collect::<Vec<_>>(), "one run, steps still increasing after the restart");
+}
+
+fn official() -> Value {
+    serde_json::from_str(include_str!("fixtures/wandb/official-client-small-run.json")).unwrap()
+}
+
+fn official_upsert_document() -> String {
+    official()["requests"][0]["body"]["query"].as_str().unwrap().to_string()
+}
+
+/// Drops what differs between any two runs: run id, timing, SDK metadata.
+fn normalised(line: &str) -> Value {
+    let mut value: Value = serde_json::from_str(line).unwrap();
+    let object = value.as_object_mut().unwrap();
+    for key in ["_timestamp", "_runtime", "_wandb"] {
+        object.remove(key);
+    }
+    // wandb-core writes integral floats as integers: compare numbers as numbers.
+    for number in object.values_mut() {
+        if let Some(float) = number.as_f64() {
+            *number = json!(float);
+        }
+    }
+    value
+}
+
+#[test]
+fn the_small_run_matches_the_official_clients_requests() {
+    let standin = StandIn::start();
+    let root = tempfile::tempdir().unwrap();
+    let mut config = test_config(root.path());
+    config.telemetry = toml::from_str(
+        "update_interval = 1\nstep_key = \"n_env_steps\"\n[[transforms]]\ntype = \"MetricByKey\"\nkey = \"rewards\"\n[[transforms]]\ntype = \"MetricByKey\"\nkey = \"n_env_steps\"\n",
+    )
+    .unwrap();
+    let plugin_config = "series = [\"rewards\", \"n_env_steps\"]\nstep = \"step_key\"\nrun_config = { lr = 0.001 }\n";
+    let mut host = start_host(&standin, root, config, plugin_config);
+    for index in 1..=5u64 {
+        host.push_sample(&json!({ "rewards": (index - 1) as f64 * 0.5, "n_env_steps": index * 100 }));
+    }
+    host.stop();
+
+    let official = official();
+    let requests = official["requests"].as_array().unwrap();
+    let official_upsert = &requests[0]["body"]["variables"];
+    let ours = standin.requests();
+    let our_upsert = &ours[0].body["variables"];
+    for key in ["project", "entity", "groupName"] {
+        assert_eq!(our_upsert[key], official_upsert[key], "{key}");
+    }
+    let mut official_config: Value = serde_json::from_str(official_upsert["config"].as_str().unwrap()).unwrap();
+    official_config.as_object_mut().unwrap().remove("_wandb");
+    let our_config: Value = serde_json::from_str(our_upsert["config"].as_str().unwrap()).unwrap();
+    assert_eq!(our_config, official_config);
+
+    let finish = requests.iter().find(|request| request["body"]["complete"] == json!(true)).unwrap();
+    let official_lines: Vec<Value> = finish["body"]["files"]["wandb-history.jsonl"]["content"].as_array().unwrap().iter().map(|line| normalised(line.as_str().unwrap())).collect();
+    let (_, run) = standin.only_run();
+    let our_lines: Vec<Value> = run.history.values().map(|line| normalised(line)).collect();
+    assert_eq!(our_lines, official_lines);
+    let official_summary = normalised(finish["body"]["files"]["wandb-summary.json"]["content"][0].as_str().unwrap());
+    assert_eq!(normalised(run.summary.as_deref().unwrap()), official_summary);
+    assert!(run.complete);
+    assert_eq!(Some(finish["body"]["exitcode"].as_i64().unwrap()), run.exitcode);
+}
