@@ -6,10 +6,7 @@ use telemetry_suite::sample;
 use telemetry_testkit::{CallFailure, IsolatedPlugin, IsolationOptions, connector};
 
 fn options(config: Value) -> IsolationOptions {
-    IsolationOptions {
-        plugin_config: serde_json::from_value(config).unwrap(),
-        ..IsolationOptions::default()
-    }
+    IsolationOptions { plugin_config: serde_json::from_value(config).unwrap(), ..IsolationOptions::default() }
 }
 
 fn file_plugin(config: Value) -> IsolatedPlugin {
@@ -37,7 +34,10 @@ fn push(plugin: &mut IsolatedPlugin, samples: impl IntoIterator<Item = Value>) {
 fn telemetry_json_is_the_dict_of_columns_in_series_order_with_python_nan() {
     let mut plugin = file_plugin(json!({ "plot": false }));
     plugin.start().unwrap();
-    push(&mut plugin, [json!({"ep_reward": 250.0, "ep_steps": 10, "total_steps": 10}), json!({"ep_reward": 100.5, "ep_steps": 30, "total_steps": 40})]);
+    push(
+        &mut plugin,
+        [json!({"ep_reward": 250.0, "ep_steps": 10, "total_steps": 10}), json!({"ep_reward": 100.5, "ep_steps": 30, "total_steps": 40})],
+    );
     plugin.deliver().unwrap();
     // A sample without `ep_steps`: that series holds NaN in this row.
     push(&mut plugin, [json!({"ep_reward": -1.0, "total_steps": 41})]);
@@ -139,11 +139,12 @@ fn an_unwritable_directory_is_a_clear_error() {
     let manifest_dir = tempfile::tempdir().unwrap();
     let component = manifest_dir.path().join("file.wasm");
     std::fs::copy(connector("file"), &component).unwrap();
-    std::fs::write(manifest_dir.path().join("plugin.toml"), "name = \"file\"\ncomponent = \"file.wasm\"\n[grants]\ndata_dir = { path = \"x\", access = \"read-only\" }\n").unwrap();
-    let options = IsolationOptions {
-        data_dir: Some(dir.path().to_path_buf()),
-        ..IsolationOptions::default()
-    };
+    std::fs::write(
+        manifest_dir.path().join("plugin.toml"),
+        "name = \"file\"\ncomponent = \"file.wasm\"\n[grants]\ndata_dir = { path = \"x\", access = \"read-only\" }\n",
+    )
+    .unwrap();
+    let options = IsolationOptions { data_dir: Some(dir.path().to_path_buf()), ..IsolationOptions::default() };
     let mut plugin = IsolatedPlugin::load(&component, options).unwrap();
     let error = format!("{:?}", plugin.start().unwrap_err());
     assert!(error.contains("cannot write /data/telemetry.jsonl") && error.contains("read-write"), "{error}");

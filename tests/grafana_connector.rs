@@ -86,7 +86,8 @@ fn health_metrics_and_options() {
 fn query_filters_the_range_inclusively_at_both_edges() {
     let mut plugin = grafana();
     push_rows(&plugin, 100, |index| index as f64);
-    let (status, answer) = post(&mut plugin, "/query", query(json!([{ "target": "rewards", "refId": "A" }]), T0 + 10_000, T0 + 20_000, json!(1000)));
+    let (status, answer) =
+        post(&mut plugin, "/query", query(json!([{ "target": "rewards", "refId": "A" }]), T0 + 10_000, T0 + 20_000, json!(1000)));
     assert_eq!(status, 200);
     let points = answer[0]["datapoints"].as_array().unwrap();
     assert_eq!(points.len(), 11);
@@ -95,7 +96,8 @@ fn query_filters_the_range_inclusively_at_both_edges() {
     assert_eq!(answer[0]["target"], "rewards");
     assert_eq!(answer[0]["refId"], "A");
     // One millisecond inside each edge drops both edge rows.
-    let (_, answer) = post(&mut plugin, "/query", query(json!([{ "target": "rewards", "refId": "A" }]), T0 + 10_001, T0 + 19_999, json!(1000)));
+    let (_, answer) =
+        post(&mut plugin, "/query", query(json!([{ "target": "rewards", "refId": "A" }]), T0 + 10_001, T0 + 19_999, json!(1000)));
     assert_eq!(answer[0]["datapoints"].as_array().unwrap().len(), 9);
 }
 
@@ -127,7 +129,8 @@ fn absurd_max_data_points_are_clamped() {
     let mut plugin = grafana();
     push_rows(&plugin, 20_000, |index| index as f64);
     for (max_points, expected_at_most) in [(json!(0), 1000), (json!(-5), 1000), (json!(2.7), 2), (json!(1e308), 10_000)] {
-        let (status, answer) = post(&mut plugin, "/query", query(json!([{ "target": "rewards", "refId": "A" }]), T0, T0 + 100_000_000, max_points.clone()));
+        let (status, answer) =
+            post(&mut plugin, "/query", query(json!([{ "target": "rewards", "refId": "A" }]), T0, T0 + 100_000_000, max_points.clone()));
         assert_eq!(status, 200, "{max_points}");
         let count = answer[0]["datapoints"].as_array().unwrap().len();
         assert!(count >= 1 && count <= expected_at_most, "{max_points}: {count}");
@@ -187,11 +190,13 @@ fn bad_requests_get_a_400_with_message_and_error_never_a_500() {
     };
     let response = plugin.request("POST", "/query", b"{not json").unwrap();
     check(response.status, &serde_json::from_slice(&response.body).unwrap(), "bad_json", "not valid JSON");
-    let (status, body) = post(&mut plugin, "/query", json!({ "range": { "from": "yesterday", "to": iso(T0) }, "targets": [{ "target": "rewards" }] }));
+    let (status, body) =
+        post(&mut plugin, "/query", json!({ "range": { "from": "yesterday", "to": iso(T0) }, "targets": [{ "target": "rewards" }] }));
     check(status, &body, "bad_range", "range.from: `yesterday` is not an RFC 3339 date");
     let (status, body) = post(&mut plugin, "/query", json!({ "targets": [{ "target": "(rewards" }] }));
     check(status, &body, "bad_regex", "neither a series nor a valid regex");
-    let (status, body) = post(&mut plugin, "/query", json!({ "range": { "from": iso(T0 + 5000), "to": iso(T0) }, "targets": [{ "target": "rewards" }] }));
+    let (status, body) =
+        post(&mut plugin, "/query", json!({ "range": { "from": iso(T0 + 5000), "to": iso(T0) }, "targets": [{ "target": "rewards" }] }));
     assert_eq!((status, &body[0]["datapoints"]), (200, &json!([])), "from after to is an empty range");
     let response = plugin.request("GET", "/nope", b"").unwrap();
     assert_eq!(response.status, 404);
@@ -227,10 +232,12 @@ fn auth_and_cors_come_from_the_config() {
 }
 
 /// A host with the grafana plugin behind its HTTP server; returns the base URL.
-fn serve_grafana(host: &TestHost, runtime: &tokio::runtime::Runtime) -> (String, Vec<telemetry_host::capabilities::http_server::BoundServer>) {
-    let servers = runtime
-        .block_on(telemetry_host::capabilities::http_server::serve("127.0.0.1:0", host.plugins().http_routes(), 1 << 20))
-        .unwrap();
+fn serve_grafana(
+    host: &TestHost,
+    runtime: &tokio::runtime::Runtime,
+) -> (String, Vec<telemetry_host::capabilities::http_server::BoundServer>) {
+    let servers =
+        runtime.block_on(telemetry_host::capabilities::http_server::serve("127.0.0.1:0", host.plugins().http_routes(), 1 << 20)).unwrap();
     (format!("http://{}/grafana", servers[0].address), servers)
 }
 
@@ -288,8 +295,34 @@ fn conforms_to_its_openapi_document_under_schemathesis() {
     let runs: [&[&str]; 2] = [
         // A target that is no valid regex is refused with a 400 on purpose (the panel shows
         // why), which schemathesis' positive_data_acceptance cannot know.
-        &["--mode", "positive", "--checks", "all", "--exclude-checks", "positive_data_acceptance", "--max-examples", "40", "--max-time", "40", "--seed", "1"],
-        &["--mode", "all", "--checks", "all", "--exclude-checks", "status_code_conformance,positive_data_acceptance", "--max-examples", "40", "--max-time", "40", "--seed", "1"],
+        &[
+            "--mode",
+            "positive",
+            "--checks",
+            "all",
+            "--exclude-checks",
+            "positive_data_acceptance",
+            "--max-examples",
+            "40",
+            "--max-time",
+            "40",
+            "--seed",
+            "1",
+        ],
+        &[
+            "--mode",
+            "all",
+            "--checks",
+            "all",
+            "--exclude-checks",
+            "status_code_conformance,positive_data_acceptance",
+            "--max-examples",
+            "40",
+            "--max-time",
+            "40",
+            "--seed",
+            "1",
+        ],
     ];
     for args in runs {
         let output = std::process::Command::new(schemathesis())
@@ -299,7 +332,12 @@ fn conforms_to_its_openapi_document_under_schemathesis() {
             .args(args)
             .env("SCHEMATHESIS_HOOKS", "")
             .output()
-            .unwrap_or_else(|error| panic!("cannot run {} ({error}); install it with `pip install schemathesis` or run the tests through .ci/run", schemathesis()));
+            .unwrap_or_else(|error| {
+                panic!(
+                    "cannot run {} ({error}); install it with `pip install schemathesis` or run the tests through .ci/run",
+                    schemathesis()
+                )
+            });
         let text = format!("{}\n{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
         assert!(output.status.success(), "schemathesis {args:?} failed:\n{text}");
     }

@@ -78,7 +78,8 @@ fn compiled_components_are_cached_by_hash_and_engine() {
     let cache = tempfile::tempdir().unwrap();
     let data = tempfile::tempdir().unwrap();
     let manifest = || {
-        let text = format!("name = \"good\"\ncomponent = {:?}\n{}", fixture("misbehaving").display().to_string(), recorder_manifest("good"));
+        let text =
+            format!("name = \"good\"\ncomponent = {:?}\n{}", fixture("misbehaving").display().to_string(), recorder_manifest("good"));
         Manifest::parse(&text, &data.path().join("plugin.toml")).unwrap()
     };
     let first = Runtime::new(Some(cache.path().to_path_buf())).unwrap().load(manifest(), data.path()).unwrap();

@@ -32,7 +32,12 @@ fn feed_and_check_good(host: &mut TestHost) {
 
 #[test]
 fn reading_outside_the_granted_directory_is_denied() {
-    let mut host = TestHost::start(&[misbehaving("[grants]\ndata_dir = { path = \"bad\" }\noutbound = [{ url = \"http://127.0.0.1:9\" }]\n[config]\nfault = \"read-outside\"\n"), good()]);
+    let mut host = TestHost::start(&[
+        misbehaving(
+            "[grants]\ndata_dir = { path = \"bad\" }\noutbound = [{ url = \"http://127.0.0.1:9\" }]\n[config]\nfault = \"read-outside\"\n",
+        ),
+        good(),
+    ]);
     std::fs::write(host.data_dir().join("secret.txt"), "top secret").unwrap();
     feed_and_check_good(&mut host);
     let log = host.log_text("bad");
@@ -48,7 +53,9 @@ fn writing_to_a_read_only_directory_is_denied() {
     // A read-only directory must exist already: the host does not create it.
     std::fs::create_dir_all(config.runtime.data_dir.join("bad")).unwrap();
     let plugins = [
-        misbehaving("[grants]\ndata_dir = { path = \"bad\", access = \"read-only\" }\noutbound = [{ url = \"http://127.0.0.1:9\" }]\n[config]\nfault = \"write-readonly\"\n"),
+        misbehaving(
+            "[grants]\ndata_dir = { path = \"bad\", access = \"read-only\" }\noutbound = [{ url = \"http://127.0.0.1:9\" }]\n[config]\nfault = \"write-readonly\"\n",
+        ),
         good(),
     ];
     let mut host = TestHost::start_with(root, config, &plugins, Transport::network().unwrap(), Secrets::default());
@@ -95,7 +102,9 @@ fn a_plugin_allocating_without_bound_hits_its_memory_cap() {
 
 /// A plugin that traps once in `call` is restarted and then gets every row exactly once.
 fn traps_once_then_recovers(call: &str) {
-    let manifest = format!("[grants]\ndata_dir = {{ path = \"bad\" }}\noutbound = [{{ url = \"http://127.0.0.1:9\" }}]\n[config]\nfault = \"trap-{call}\"\nonce = true\n");
+    let manifest = format!(
+        "[grants]\ndata_dir = {{ path = \"bad\" }}\noutbound = [{{ url = \"http://127.0.0.1:9\" }}]\n[config]\nfault = \"trap-{call}\"\nonce = true\n"
+    );
     let mut host = TestHost::start(&[misbehaving(&manifest), good()]);
     let bad = host.stats("bad");
     for _ in 0..4 {
@@ -123,7 +132,8 @@ fn a_trap_in_update_restarts_the_plugin_from_its_cursor() {
 
 #[test]
 fn a_trap_in_stop_is_reported_and_the_others_still_stop_cleanly() {
-    let manifest = "[grants]\ndata_dir = { path = \"bad\" }\noutbound = [{ url = \"http://127.0.0.1:9\" }]\n[config]\nfault = \"trap-stop\"\n";
+    let manifest =
+        "[grants]\ndata_dir = { path = \"bad\" }\noutbound = [{ url = \"http://127.0.0.1:9\" }]\n[config]\nfault = \"trap-stop\"\n";
     let mut host = TestHost::start(&[misbehaving(manifest), good()]);
     let bad = host.stats("bad");
     feed_and_check_good(&mut host);
@@ -135,7 +145,8 @@ fn a_trap_in_stop_is_reported_and_the_others_still_stop_cleanly() {
 
 #[test]
 fn a_plugin_that_always_traps_never_slows_the_others() {
-    let manifest = "[grants]\ndata_dir = { path = \"bad\" }\noutbound = [{ url = \"http://127.0.0.1:9\" }]\n[config]\nfault = \"trap-update\"\n";
+    let manifest =
+        "[grants]\ndata_dir = { path = \"bad\" }\noutbound = [{ url = \"http://127.0.0.1:9\" }]\n[config]\nfault = \"trap-update\"\n";
     let mut host = TestHost::start(&[misbehaving(manifest), good()]);
     let bad = host.stats("bad");
     for _ in 0..4 {

@@ -80,9 +80,15 @@ fn creates_the_run_streams_every_row_and_finishes() {
     assert_eq!(run.exitcode, Some(0));
     let requests = standin.requests();
     let expected = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("api:{KEY}")));
-    assert!(requests.iter().all(|request| request.headers["authorization"] == expected.as_str()), "the host attaches the key to every request");
+    assert!(
+        requests.iter().all(|request| request.headers["authorization"] == expected.as_str()),
+        "the host attaches the key to every request"
+    );
     let streams: Vec<_> = requests.iter().filter(|request| request.path.ends_with("/file_stream")).collect();
-    assert!(streams.windows(2).all(|pair| pair[1].at.duration_since(pair[0].at) >= Duration::from_millis(450)), "never more than 2 file_stream requests a second");
+    assert!(
+        streams.windows(2).all(|pair| pair[1].at.duration_since(pair[0].at) >= Duration::from_millis(450)),
+        "never more than 2 file_stream requests a second"
+    );
     assert_eq!(requests[0].body["query"].as_str(), Some(official_upsert_document().as_str()));
     assert!(!host.log_text("wandb").contains(KEY), "the key never reaches the plugin's log");
 }
@@ -103,7 +109,11 @@ fn server_errors_and_rate_limits_are_retried_without_losing_or_duplicating_rows(
     let waited = requests[limited + 1].at.duration_since(requests[limited].at);
     assert!(waited >= Duration::from_millis(950), "Retry-After: 1 is honoured, waited {waited:?}");
     let failed = requests.iter().position(|request| request.status == 500).unwrap();
-    assert_eq!(requests[failed + 1].body["files"]["wandb-history.jsonl"]["offset"], requests[failed].body["files"]["wandb-history.jsonl"]["offset"], "a retry resends the same offset");
+    assert_eq!(
+        requests[failed + 1].body["files"]["wandb-history.jsonl"]["offset"],
+        requests[failed].body["files"]["wandb-history.jsonl"]["offset"],
+        "a retry resends the same offset"
+    );
 }
 
 #[test]
@@ -213,7 +223,12 @@ fn the_small_run_matches_the_official_clients_requests() {
     assert_eq!(our_config, official_config);
 
     let finish = requests.iter().find(|request| request["body"]["complete"] == json!(true)).unwrap();
-    let official_lines: Vec<Value> = finish["body"]["files"]["wandb-history.jsonl"]["content"].as_array().unwrap().iter().map(|line| normalised(line.as_str().unwrap())).collect();
+    let official_lines: Vec<Value> = finish["body"]["files"]["wandb-history.jsonl"]["content"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|line| normalised(line.as_str().unwrap()))
+        .collect();
     let (_, run) = standin.only_run();
     let our_lines: Vec<Value> = run.history.values().map(|line| normalised(line)).collect();
     assert_eq!(our_lines, official_lines);

@@ -128,19 +128,13 @@ fn default_true() -> bool {
 
 impl Default for PluginOverride {
     fn default() -> Self {
-        PluginOverride {
-            enabled: true,
-            config: toml::Table::new(),
-        }
+        PluginOverride { enabled: true, config: toml::Table::new() }
     }
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig {
-            listen: default_listen(),
-            max_body_bytes: default_max_body(),
-        }
+        HttpConfig { listen: default_listen(), max_body_bytes: default_max_body() }
     }
 }
 

@@ -83,6 +83,7 @@ impl IsolatedPlugin {
         };
         let access = manifest.grants.data_dir.as_ref().map_or(Access::ReadWrite, |grant| grant.access);
         std::fs::create_dir_all(&data_dir)?;
+        let data_dir = data_dir.canonicalize()?;
         manifest.grants.data_dir = Some(DataDirGrant { path: data_dir.clone(), access });
         let runtime = Runtime::new(options.cache_dir)?;
         let plugin = runtime.load(manifest, &data_dir)?;
@@ -230,7 +231,13 @@ impl IsolatedPlugin {
         let _ = writeln!(text, "outgoing requests ({}):", exchanges.len());
         for exchange in exchanges.iter() {
             let status = exchange.response.as_ref().map_or_else(Clone::clone, |response| response.status.to_string());
-            let _ = writeln!(text, "  {} {} ({} bytes) -> {status}", exchange.request.method, exchange.request.target, exchange.request.body.len());
+            let _ = writeln!(
+                text,
+                "  {} {} ({} bytes) -> {status}",
+                exchange.request.method,
+                exchange.request.target,
+                exchange.request.body.len()
+            );
         }
         let logs = self.logs.lock().expect("log lock");
         let _ = writeln!(text, "log ({} lines):", logs.len());
@@ -267,10 +274,7 @@ fn manifest_beside(path: &Path) -> Result<Manifest> {
     let mut manifest = crate::plugins::manifest_for(path).with_context(|| format!("cannot find a plugin at {}", path.display()))?;
     if bare {
         // No manifest: grant what a handler needs; isolation never listens anyway.
-        manifest.grants.listen = Some(ListenGrant {
-            address: None,
-            prefix: Some(format!("/{}", manifest.name)),
-        });
+        manifest.grants.listen = Some(ListenGrant { address: None, prefix: Some(format!("/{}", manifest.name)) });
     }
     Ok(manifest)
 }

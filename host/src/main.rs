@@ -75,7 +75,9 @@ enum PluginCommand {
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,wasmtime=warn,cranelift=warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,wasmtime=warn,cranelift=warn".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     match run(Cli::parse()) {
@@ -102,12 +104,8 @@ fn run(cli: Cli) -> Result<()> {
                 "demo" => Input::Demo { per_second: demo_rate },
                 path => Input::File(path.into()),
             };
-            let summary = node::run(NodeOptions {
-                config: load_config(config.as_ref())?,
-                plugins_dir: plugins,
-                input,
-                wait_after_input: wait,
-            })?;
+            let summary =
+                node::run(NodeOptions { config: load_config(config.as_ref())?, plugins_dir: plugins, input, wait_after_input: wait })?;
             anyhow::ensure!(summary.failed_plugins.is_empty(), "{} plugin(s) failed to load", summary.failed_plugins.len());
             Ok(())
         }
@@ -133,9 +131,7 @@ fn run(cli: Cli) -> Result<()> {
             grants.iter().for_each(|grant| println!("  {grant}"));
             Ok(())
         }
-        Command::Plugin {
-            command: PluginCommand::Test { file, input, config, host_config, data_dir },
-        } => {
+        Command::Plugin { command: PluginCommand::Test { file, input, config, host_config, data_dir } } => {
             let plugin_config = match &config {
                 Some(path) => {
                     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;

@@ -21,7 +21,9 @@ pub enum Input {
     Stdin,
     File(PathBuf),
     /// A fake training run, this many samples a second, until stopped.
-    Demo { per_second: u32 },
+    Demo {
+        per_second: u32,
+    },
 }
 
 pub struct NodeOptions {
@@ -52,7 +54,11 @@ pub fn run(options: NodeOptions) -> Result<RunSummary> {
     let runtime = Runtime::new(Some(config.runtime.cache_dir.clone()))?;
     let plugins = PluginSet::start(&runtime, &options.plugins_dir, &config, &history)?;
     let async_runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    let servers = async_runtime.block_on(crate::capabilities::http_server::serve(&config.http.listen, plugins.http_routes(), config.http.max_body_bytes))?;
+    let servers = async_runtime.block_on(crate::capabilities::http_server::serve(
+        &config.http.listen,
+        plugins.http_routes(),
+        config.http.max_body_bytes,
+    ))?;
     for server in &servers {
         tracing::info!("serving {} on http://{}", server.plugins.join(", "), server.address);
     }
@@ -74,9 +80,13 @@ pub fn run(options: NodeOptions) -> Result<RunSummary> {
             let notify = || notifiers.iter().for_each(|notifier| notifier.notify());
             let result = match input {
                 Input::Stdin => ingest.read_ndjson(std::io::stdin().lock(), "stdin", notify).context("reading stdin"),
-                Input::File(path) => std::fs::File::open(&path)
-                    .with_context(|| format!("cannot open input {}", path.display()))
-                    .and_then(|file| ingest.read_ndjson(BufReader::new(file), &path.display().to_string(), notify).with_context(|| format!("reading {}", path.display()))),
+                Input::File(path) => {
+                    std::fs::File::open(&path).with_context(|| format!("cannot open input {}", path.display())).and_then(|file| {
+                        ingest
+                            .read_ndjson(BufReader::new(file), &path.display().to_string(), notify)
+                            .with_context(|| format!("reading {}", path.display()))
+                    })
+                }
                 Input::Demo { per_second } => {
                     ingest.run_demo(per_second, notify, || !stopping.load(Ordering::Relaxed));
                     Ok(())

@@ -32,11 +32,7 @@ pub struct PluginSpec {
 
 impl PluginSpec {
     pub fn new(name: &str, component: PathBuf, manifest: &str) -> PluginSpec {
-        PluginSpec {
-            name: name.into(),
-            component,
-            manifest: manifest.into(),
-        }
+        PluginSpec { name: name.into(), component, manifest: manifest.into() }
     }
 }
 
@@ -91,7 +87,13 @@ impl TestHost {
         Self::start_with(root, config, plugins, Transport::network().unwrap(), Secrets::default())
     }
 
-    pub fn start_with(root: tempfile::TempDir, config: HostConfig, plugins: &[PluginSpec], transport: Transport, secrets: Secrets) -> TestHost {
+    pub fn start_with(
+        root: tempfile::TempDir,
+        config: HostConfig,
+        plugins: &[PluginSpec],
+        transport: Transport,
+        secrets: Secrets,
+    ) -> TestHost {
         let plugin_dir = root.path().join("plugins");
         write_plugin_dir(&plugin_dir, plugins);
         let history = History::new(series_names(&config.telemetry.transforms)).shared();
@@ -122,17 +124,7 @@ impl TestHost {
             }
         }
         let ingest = Ingest::new(&config.telemetry, history.clone());
-        TestHost {
-            root,
-            config,
-            history,
-            plugins: Some(set),
-            logs,
-            load_errors,
-            ingest,
-            fed: 0,
-            _runtime: runtime,
-        }
+        TestHost { root, config, history, plugins: Some(set), logs, load_errors, ingest, fed: 0, _runtime: runtime }
     }
 
     /// Feeds `count` more samples of the reference run, notifying plugins as the update

@@ -67,12 +67,7 @@ impl StandIn {
         let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
         let address = listener.local_addr().unwrap();
         let server = runtime.spawn(serve(listener, backend.clone()));
-        StandIn {
-            address,
-            backend,
-            runtime,
-            server: Mutex::new(Some(server)),
-        }
+        StandIn { address, backend, runtime, server: Mutex::new(Some(server)) }
     }
 
     pub fn url(&self) -> String {
@@ -118,20 +113,16 @@ fn record(backend: &mut Backend, path: String, headers: &HeaderMap, body: &Value
     let fault = backend.faults.pop_front();
     let (status, response) = match &fault {
         None => (200, None),
-        Some(Fault::Status(status)) => (*status, Some((StatusCode::from_u16(*status).unwrap(), "{\"error\":\"injected\"}").into_response())),
+        Some(Fault::Status(status)) => {
+            (*status, Some((StatusCode::from_u16(*status).unwrap(), "{\"error\":\"injected\"}").into_response()))
+        }
         Some(Fault::RateLimited(seconds)) => {
             let mut response = (StatusCode::TOO_MANY_REQUESTS, "{\"error\":\"rate limited\"}").into_response();
             response.headers_mut().insert("retry-after", seconds.to_string().parse().unwrap());
             (429, Some(response))
         }
     };
-    backend.requests.push(Recorded {
-        at: Instant::now(),
-        path,
-        headers: headers.clone(),
-        body: body.clone(),
-        status,
-    });
+    backend.requests.push(Recorded { at: Instant::now(), path, headers: headers.clone(), body: body.clone(), status });
     response
 }
 
@@ -162,7 +153,12 @@ async fn graphql(State(backend): State<Arc<Mutex<Backend>>>, headers: HeaderMap,
     .into_response()
 }
 
-async fn file_stream(State(backend): State<Arc<Mutex<Backend>>>, Path((entity, project, run_id)): Path<(String, String, String)>, headers: HeaderMap, body: Bytes) -> Response {
+async fn file_stream(
+    State(backend): State<Arc<Mutex<Backend>>>,
+    Path((entity, project, run_id)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let mut backend = backend.lock().unwrap();
     let path = format!("/files/{entity}/{project}/{run_id}/file_stream");

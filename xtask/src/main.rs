@@ -39,7 +39,7 @@ fn main() -> Result<()> {
         "test" => {
             build_guests(&workspace, &target)?;
             // The default members: host, test kit and the suite (guests only build for wasm).
-            cargo(&workspace, &["test"], &rest)
+            test_with_summary(&workspace, &rest)
         }
         _ => bail!("usage: cargo xtask run|test|guests [-- ARGS]"),
     }
@@ -58,6 +58,37 @@ fn cargo(workspace: &Path, args: &[&str], extra: &[String]) -> Result<()> {
         .context("cannot run cargo")?;
     if !status.success() {
         bail!("cargo {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+/// Runs `cargo test`, passing its output through, and closes with the totals of every
+/// test binary on one line.
+fn test_with_summary(workspace: &Path, extra: &[String]) -> Result<()> {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(workspace)
+        .args(["test", "--no-fail-fast"])
+        .args(extra)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("cannot run cargo test")?;
+    let (mut passed, mut failed) = (0u64, 0u64);
+    let count = |line: &str, word: &str| -> u64 {
+        line.split(';').find_map(|part| part.trim().strip_suffix(word)?.trim().rsplit(' ').next()?.parse().ok()).unwrap_or(0)
+    };
+    for line in BufReader::new(child.stdout.take().context("cargo test's output")?).lines() {
+        let line = line?;
+        println!("{line}");
+        if line.starts_with("test result:") {
+            passed += count(&line, "passed");
+            failed += count(&line, "failed");
+        }
+    }
+    let status = child.wait()?;
+    println!("{passed} passed, {failed} failed");
+    if !status.success() {
+        bail!("cargo test failed ({status})");
     }
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! The `history` import: read-only access to the host's history.
 
-use crate::bindings::history::{Host, HistoryError, Points, RowRange, Span};
+use crate::bindings::history::{HistoryError, Host, Points, RowRange, Span};
 use crate::history::{self, ReadError, SharedHistory};
 
 pub struct HistoryReader {
@@ -49,15 +49,14 @@ impl Host for HistoryReader {
             Span::Time(range) => history::Span::Time { from_ms: range.from_ms, to_ms: range.to_ms },
         };
         let points = self.read(|history| history.downsample(&series, span, max_points))?;
-        Ok(Points {
-            rows: points.rows,
-            timestamps_ms: points.timestamps_ms,
-            values: points.values,
-        })
+        Ok(Points { rows: points.rows, timestamps_ms: points.timestamps_ms, values: points.values })
     }
 }
 
 /// Links the `history` import, reading the capability out of the store's data with `get`.
-pub fn add_to_linker<T: 'static>(linker: &mut wasmtime::component::Linker<T>, get: fn(&mut T) -> &mut HistoryReader) -> wasmtime::Result<()> {
+pub fn add_to_linker<T: 'static>(
+    linker: &mut wasmtime::component::Linker<T>,
+    get: fn(&mut T) -> &mut HistoryReader,
+) -> wasmtime::Result<()> {
     crate::bindings::history::add_to_linker::<T, wasmtime::component::HasSelf<HistoryReader>>(linker, get)
 }

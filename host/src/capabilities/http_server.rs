@@ -59,7 +59,9 @@ pub async fn serve(host_listen: &str, grants: Vec<(ListenGrant, HttpEndpoint)>, 
             (None, Some(address)) => {
                 let plugin = endpoint.plugin.clone();
                 let routes = vec![Route { prefix: String::new(), endpoint }];
-                let server = bind(&address, routes, max_body_bytes).await.with_context(|| format!("plugin `{plugin}`: cannot listen on {address}"))?;
+                let server = bind(&address, routes, max_body_bytes)
+                    .await
+                    .with_context(|| format!("plugin `{plugin}`: cannot listen on {address}"))?;
                 servers.push(server);
             }
             (None, None) => {}
@@ -67,7 +69,9 @@ pub async fn serve(host_listen: &str, grants: Vec<(ListenGrant, HttpEndpoint)>, 
     }
     if !shared.is_empty() {
         shared.sort_by_key(|route| std::cmp::Reverse(route.prefix.len()));
-        servers.push(bind(host_listen, shared, max_body_bytes).await.with_context(|| format!("cannot listen on {host_listen} (http.listen)"))?);
+        servers.push(
+            bind(host_listen, shared, max_body_bytes).await.with_context(|| format!("cannot listen on {host_listen} (http.listen)"))?,
+        );
     }
     Ok(servers)
 }
@@ -75,11 +79,13 @@ pub async fn serve(host_listen: &str, grants: Vec<(ListenGrant, HttpEndpoint)>, 
 async fn bind(address: &str, routes: Vec<Route>, max_body_bytes: usize) -> Result<BoundServer> {
     let listener = tokio::net::TcpListener::bind(address).await?;
     let address = listener.local_addr()?;
-    let plugins = routes.iter().map(|route| format!("{}{}", route.endpoint.plugin, if route.prefix.is_empty() { String::new() } else { format!(" at {}", route.prefix) })).collect();
-    let state = Routes {
-        routes: Arc::new(routes),
-        max_body_bytes,
-    };
+    let plugins = routes
+        .iter()
+        .map(|route| {
+            format!("{}{}", route.endpoint.plugin, if route.prefix.is_empty() { String::new() } else { format!(" at {}", route.prefix) })
+        })
+        .collect();
+    let state = Routes { routes: Arc::new(routes), max_body_bytes };
     let app = axum::Router::new().fallback(forward).with_state(state);
     let (shutdown, mut stopped) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(async move {
@@ -112,7 +118,11 @@ async fn forward(State(state): State<Routes>, request: axum::extract::Request) -
     let body = match axum::body::to_bytes(body, state.max_body_bytes).await {
         Ok(body) => body,
         Err(_) => {
-            return error_response(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", format!("request body exceeds {} bytes", state.max_body_bytes));
+            return error_response(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!("request body exceeds {} bytes", state.max_body_bytes),
+            );
         }
     };
     let request = Request {
@@ -129,8 +139,20 @@ async fn forward(State(state): State<Routes>, request: axum::extract::Request) -
     let answer = tokio::time::timeout(ANSWER_TIMEOUT, route.endpoint.call(request)).await;
     let response = match answer {
         Ok(Some(response)) => response,
-        Ok(None) => return error_response(StatusCode::SERVICE_UNAVAILABLE, "plugin_stopped", format!("plugin `{}` has stopped", route.endpoint.plugin)),
-        Err(_) => return error_response(StatusCode::GATEWAY_TIMEOUT, "plugin_timeout", format!("plugin `{}` did not answer in time", route.endpoint.plugin)),
+        Ok(None) => {
+            return error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "plugin_stopped",
+                format!("plugin `{}` has stopped", route.endpoint.plugin),
+            );
+        }
+        Err(_) => {
+            return error_response(
+                StatusCode::GATEWAY_TIMEOUT,
+                "plugin_timeout",
+                format!("plugin `{}` did not answer in time", route.endpoint.plugin),
+            );
+        }
     };
     let status = StatusCode::from_u16(response.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut built = Response::builder().status(status);
@@ -139,7 +161,11 @@ async fn forward(State(state): State<Routes>, request: axum::extract::Request) -
             built = built.header(name, value);
         }
     }
-    built
-        .body(Body::from(response.body))
-        .unwrap_or_else(|error| error_response(StatusCode::BAD_GATEWAY, "bad_plugin_response", format!("plugin `{}` answered an invalid response: {error}", route.endpoint.plugin)))
+    built.body(Body::from(response.body)).unwrap_or_else(|error| {
+        error_response(
+            StatusCode::BAD_GATEWAY,
+            "bad_plugin_response",
+            format!("plugin `{}` answered an invalid response: {error}", route.endpoint.plugin),
+        )
+    })
 }

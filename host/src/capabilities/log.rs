@@ -25,10 +25,7 @@ impl PluginLog {
 
     /// Messages are kept in `capture` (and also sent to the host's log).
     pub fn captured(plugin: &str, capture: Arc<Mutex<Vec<LogLine>>>) -> PluginLog {
-        PluginLog {
-            plugin: plugin.into(),
-            capture: Some(capture),
-        }
+        PluginLog { plugin: plugin.into(), capture: Some(capture) }
     }
 }
 

@@ -98,11 +98,7 @@ fn parse_pattern(pattern: &str) -> Result<Origin> {
     anyhow::ensure!(!host.is_empty(), "host is empty");
     let bare = host.strip_prefix("*.").unwrap_or(host);
     anyhow::ensure!(!bare.contains('*'), "a wildcard may only be a leading `*.`");
-    Ok(Origin {
-        scheme: scheme.to_string(),
-        host: host.to_ascii_lowercase(),
-        port,
-    })
+    Ok(Origin { scheme: scheme.to_string(), host: host.to_ascii_lowercase(), port })
 }
 
 /// One request a plugin sent and what it got back, as the recording stand-in keeps it.
@@ -120,7 +116,10 @@ pub type Responder = Arc<dyn Fn(&Request) -> Response + Send + Sync>;
 pub enum Transport {
     Network(reqwest::blocking::Client),
     /// Requests are recorded and answered by `responder` (by default `200 {}`).
-    Recording { exchanges: Arc<Mutex<Vec<Exchange>>>, responder: Responder },
+    Recording {
+        exchanges: Arc<Mutex<Vec<Exchange>>>,
+        responder: Responder,
+    },
 }
 
 impl Transport {
@@ -134,11 +133,8 @@ impl Transport {
     }
 
     pub fn recording(exchanges: Arc<Mutex<Vec<Exchange>>>) -> Transport {
-        let responder: Responder = Arc::new(|_| Response {
-            status: 200,
-            headers: vec![("content-type".into(), "application/json".into())],
-            body: b"{}".to_vec(),
-        });
+        let responder: Responder =
+            Arc::new(|_| Response { status: 200, headers: vec![("content-type".into(), "application/json".into())], body: b"{}".to_vec() });
         Transport::Recording { exchanges, responder }
     }
 }
@@ -156,14 +152,7 @@ pub struct OutgoingHttp {
 
 impl OutgoingHttp {
     pub fn new(plugin: &str, grants: Vec<OutboundGrant>, secrets: Secrets, transport: Transport) -> OutgoingHttp {
-        OutgoingHttp {
-            plugin: plugin.into(),
-            grants,
-            secrets,
-            transport,
-            call_deadline: None,
-            denied: Arc::default(),
-        }
+        OutgoingHttp { plugin: plugin.into(), grants, secrets, transport, call_deadline: None, denied: Arc::default() }
     }
 
     fn deny(&self, url: &Url) -> SendError {
@@ -195,7 +184,8 @@ impl OutgoingHttp {
 
 impl Host for OutgoingHttp {
     fn send(&mut self, mut request: Request, timeout_ms: u32) -> Result<Response, SendError> {
-        let url = Url::parse(&request.target).map_err(|error| SendError::InvalidRequest(format!("`{}` is not an absolute URL: {error}", request.target)))?;
+        let url = Url::parse(&request.target)
+            .map_err(|error| SendError::InvalidRequest(format!("`{}` is not an absolute URL: {error}", request.target)))?;
         let Some(grant) = self.grants.iter().find(|grant| grant.matches(&url)) else {
             return Err(self.deny(&url));
         };
@@ -215,10 +205,7 @@ impl Host for OutgoingHttp {
                 let response = responder(&request);
                 let mut recorded = request;
                 recorded.headers.retain(|(name, _)| !name.eq_ignore_ascii_case("authorization"));
-                exchanges.lock().expect("recording lock").push(Exchange {
-                    request: recorded,
-                    response: Ok(response.clone()),
-                });
+                exchanges.lock().expect("recording lock").push(Exchange { request: recorded, response: Ok(response.clone()) });
                 Ok(response)
             }
         }
@@ -229,18 +216,16 @@ fn send_over_network(client: &reqwest::blocking::Client, request: Request, url: 
     if timeout.is_zero() {
         return Err(SendError::Timeout);
     }
-    let method = reqwest::Method::from_bytes(request.method.as_bytes()).map_err(|_| SendError::InvalidRequest(format!("`{}` is not an HTTP method", request.method)))?;
+    let method = reqwest::Method::from_bytes(request.method.as_bytes())
+        .map_err(|_| SendError::InvalidRequest(format!("`{}` is not an HTTP method", request.method)))?;
     let mut builder = client.request(method, url).timeout(timeout).body(request.body);
     for (name, value) in &request.headers {
         builder = builder.header(name.as_str(), value.as_str());
     }
     let response = builder.send().map_err(|error| classify(&error))?;
     let status = response.status().as_u16();
-    let headers = response
-        .headers()
-        .iter()
-        .map(|(name, value)| (name.to_string(), String::from_utf8_lossy(value.as_bytes()).into_owned()))
-        .collect();
+    let headers =
+        response.headers().iter().map(|(name, value)| (name.to_string(), String::from_utf8_lossy(value.as_bytes()).into_owned())).collect();
     let body = response.bytes().map_err(|error| classify(&error))?.to_vec();
     Ok(Response { status, headers, body })
 }
@@ -261,6 +246,14 @@ fn classify(error: &reqwest::Error) -> SendError {
         }
         SendError::Connection(message)
     }
+}
+
+/// Links the `outgoing-http` import, reading the capability out of the store's data with `get`.
+pub fn add_to_linker<T: 'static>(
+    linker: &mut wasmtime::component::Linker<T>,
+    get: fn(&mut T) -> &mut OutgoingHttp,
+) -> wasmtime::Result<()> {
+    crate::bindings::outgoing_http::add_to_linker::<T, wasmtime::component::HasSelf<OutgoingHttp>>(linker, get)
 }
 
 #[cfg(test)]
@@ -291,9 +284,4 @@ mod tests {
             assert!(grant(pattern).check().is_err(), "{pattern}");
         }
     }
-}
-
-/// Links the `outgoing-http` import, reading the capability out of the store's data with `get`.
-pub fn add_to_linker<T: 'static>(linker: &mut wasmtime::component::Linker<T>, get: fn(&mut T) -> &mut OutgoingHttp) -> wasmtime::Result<()> {
-    crate::bindings::outgoing_http::add_to_linker::<T, wasmtime::component::HasSelf<OutgoingHttp>>(linker, get)
 }

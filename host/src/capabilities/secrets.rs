@@ -35,7 +35,12 @@ impl Secrets {
                 Some(value) => {
                     values.insert(name.to_string(), value);
                 }
-                None => tracing::warn!(secret = name, "secret not found (looked in {:?} and ${:?}); requests that need it go without it", source.file, source.env),
+                None => tracing::warn!(
+                    secret = name,
+                    "secret not found (looked in {:?} and ${:?}); requests that need it go without it",
+                    source.file,
+                    source.env
+                ),
             }
         }
         Secrets { values: Arc::new(values) }
@@ -43,9 +48,7 @@ impl Secrets {
 
     /// Secrets given directly, for tests and the test kit.
     pub fn from_values(values: impl IntoIterator<Item = (String, String)>) -> Secrets {
-        Secrets {
-            values: Arc::new(values.into_iter().collect()),
-        }
+        Secrets { values: Arc::new(values.into_iter().collect()) }
     }
 
     pub fn get(&self, name: &str) -> Option<&str> {

@@ -18,28 +18,14 @@ pub struct MinMax {
 
 impl MinMax {
     /// The summary of no value (or only NaN values).
-    pub const EMPTY: MinMax = MinMax {
-        min: f64::INFINITY,
-        min_row: u64::MAX,
-        max: f64::NEG_INFINITY,
-        max_row: u64::MAX,
-    };
+    pub const EMPTY: MinMax = MinMax { min: f64::INFINITY, min_row: u64::MAX, max: f64::NEG_INFINITY, max_row: u64::MAX };
 
     pub fn is_empty(&self) -> bool {
         self.min_row == u64::MAX
     }
 
     fn of_value(row: u64, value: f64) -> MinMax {
-        if value.is_nan() {
-            MinMax::EMPTY
-        } else {
-            MinMax {
-                min: value,
-                min_row: row,
-                max: value,
-                max_row: row,
-            }
-        }
+        if value.is_nan() { MinMax::EMPTY } else { MinMax { min: value, min_row: row, max: value, max_row: row } }
     }
 
     /// Merges `other`, which covers rows after the ones `self` covers: on ties the earlier
@@ -67,7 +53,7 @@ impl Extremes {
     /// Records the value just pushed at the end of `values` (the whole series so far).
     pub fn on_push(&mut self, values: &[f64]) {
         let mut len = values.len();
-        if len % FANOUT != 0 {
+        if !len.is_multiple_of(FANOUT) {
             return;
         }
         let first = len - FANOUT;
@@ -82,7 +68,7 @@ impl Extremes {
             }
             self.levels[level].push(block);
             len = self.levels[level].len();
-            if len % FANOUT != 0 {
+            if !len.is_multiple_of(FANOUT) {
                 return;
             }
             block = MinMax::EMPTY;
@@ -102,7 +88,7 @@ impl Extremes {
             let mut found: Option<(usize, usize)> = None;
             let mut block_size = FANOUT;
             for (level, blocks) in self.levels.iter().enumerate() {
-                if row % block_size != 0 || row + block_size > end || row / block_size >= blocks.len() {
+                if !row.is_multiple_of(block_size) || row + block_size > end || row / block_size >= blocks.len() {
                     break;
                 }
                 found = Some((level, block_size));

@@ -16,9 +16,15 @@ pub type SharedHistory = Arc<RwLock<History>>;
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Span {
     All,
-    Rows { first: u64, count: u64 },
+    Rows {
+        first: u64,
+        count: u64,
+    },
     /// Rows whose timestamp lies in `from_ms..=to_ms`.
-    Time { from_ms: i64, to_ms: i64 },
+    Time {
+        from_ms: i64,
+        to_ms: i64,
+    },
 }
 
 /// Points of one series, column by column, in row order.
@@ -62,12 +68,7 @@ impl History {
     pub fn new(names: Vec<String>) -> History {
         let by_name = names.iter().enumerate().map(|(index, name)| (name.clone(), index)).collect();
         let columns = names.iter().map(|_| Column::default()).collect();
-        History {
-            names,
-            by_name,
-            timestamps_ms: Vec::new(),
-            columns,
-        }
+        History { names, by_name, timestamps_ms: Vec::new(), columns }
     }
 
     pub fn shared(self) -> SharedHistory {
@@ -195,9 +196,7 @@ impl History {
     }
 
     fn column(&self, name: &str) -> Result<&Column, ReadError> {
-        self.series_index(name)
-            .map(|index| &self.columns[index])
-            .ok_or_else(|| ReadError::UnknownSeries(name.to_string()))
+        self.series_index(name).map(|index| &self.columns[index]).ok_or_else(|| ReadError::UnknownSeries(name.to_string()))
     }
 
     fn clip(&self, first: u64, count: u64) -> (usize, usize) {

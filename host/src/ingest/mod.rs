@@ -33,7 +33,9 @@ pub struct Ingest {
 #[derive(Debug, PartialEq)]
 pub enum Outcome {
     /// Stored; `update_due` says the update interval was reached.
-    Accepted { update_due: bool },
+    Accepted {
+        update_due: bool,
+    },
     Refused(String),
 }
 

@@ -32,7 +32,7 @@ impl KeyPath {
 }
 
 fn walk<'a, 'k>(sample: &'a Value, path: impl Iterator<Item = &'k str>) -> Option<&'a Value> {
-    path.fold(Some(sample), |value, key| value?.get(key))
+    path.into_iter().try_fold(sample, |value, key| value.get(key))
 }
 
 /// Comparison operators, named as Python's `operator` module names them.
@@ -147,12 +147,7 @@ pub struct RowBuilder {
 impl RowBuilder {
     pub fn new(transforms: Vec<TransformSpec>, moving_average: usize) -> RowBuilder {
         let windows = transforms.iter().map(|_| VecDeque::with_capacity(moving_average)).collect();
-        RowBuilder {
-            transforms,
-            windows,
-            window_len: moving_average.max(1),
-            started: Instant::now(),
-        }
+        RowBuilder { transforms, windows, window_len: moving_average.max(1), started: Instant::now() }
     }
 
     /// The row for one sample, and the faults of the transforms that could not read it
@@ -164,15 +159,9 @@ impl RowBuilder {
         for transform in &self.transforms {
             let value = match transform {
                 TransformSpec::MetricByKey { key, idx, .. } => read_number(sample, key, *idx),
-                TransformSpec::CompareValue {
-                    key,
-                    value,
-                    idx,
-                    op,
-                    scale,
-                    offset,
-                    ..
-                } => read_number(sample, key, *idx).map(|x| f64::from(u8::from(op.apply(x * scale + offset, *value)))),
+                TransformSpec::CompareValue { key, value, idx, op, scale, offset, .. } => {
+                    read_number(sample, key, *idx).map(|x| f64::from(u8::from(op.apply(x * scale + offset, *value))))
+                }
                 TransformSpec::Timer { .. } => {
                     values.push(self.started.elapsed().as_secs_f64());
                     continue;
@@ -206,10 +195,7 @@ impl RowBuilder {
 }
 
 fn mean_ignoring_nan(window: &VecDeque<f64>) -> f64 {
-    let (sum, count) = window
-        .iter()
-        .filter(|value| !value.is_nan())
-        .fold((0.0, 0u32), |(sum, count), value| (sum + value, count + 1));
+    let (sum, count) = window.iter().filter(|value| !value.is_nan()).fold((0.0, 0u32), |(sum, count), value| (sum + value, count + 1));
     if count == 0 { f64::NAN } else { sum / f64::from(count) }
 }
 
@@ -294,16 +280,14 @@ mod tests {
     fn moving_average_uses_a_partial_window_then_the_last_n_values() {
         let specs = transforms("[[transforms]]\ntype = \"MetricByKey\"\nkey = \"x\"\n");
         let mut builder = RowBuilder::new(specs, 2);
-        let averages: Vec<f64> = [1.0, 3.0, 5.0]
-            .iter()
-            .map(|x| builder.row(&json!({ "x": x }), &mut Vec::new()).unwrap()[1])
-            .collect();
+        let averages: Vec<f64> = [1.0, 3.0, 5.0].iter().map(|x| builder.row(&json!({ "x": x }), &mut Vec::new()).unwrap()[1]).collect();
         assert_eq!(averages, vec![1.0, 2.0, 4.0]);
     }
 
     #[test]
     fn unreadable_values_become_nan_and_are_reported() {
-        let specs = transforms("[[transforms]]\ntype = \"MetricByKey\"\nkey = \"x\"\n[[transforms]]\ntype = \"MetricByKey\"\nkey = \"y\"\n");
+        let specs =
+            transforms("[[transforms]]\ntype = \"MetricByKey\"\nkey = \"x\"\n[[transforms]]\ntype = \"MetricByKey\"\nkey = \"y\"\n");
         let mut builder = RowBuilder::new(specs, 2);
         let mut faults = Vec::new();
         let row = builder.row(&json!({"x": 1, "y": "text"}), &mut faults).unwrap();

@@ -33,10 +33,7 @@ pub struct PluginState {
 
 impl WasiView for PluginState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
     }
 }
 
@@ -117,13 +114,7 @@ impl Instance {
             Ok((connector, http_handler))
         });
         let (connector, http_handler) = loaded.map_err(|error| trap_reason(error, call_timeout, memory_mb))?;
-        Ok(Instance {
-            store,
-            connector,
-            http_handler,
-            call_timeout,
-            memory_mb,
-        })
+        Ok(Instance { store, connector, http_handler, call_timeout, memory_mb })
     }
 
     pub fn start(&mut self, context: &StartContext) -> Result<(), CallFailure> {
@@ -134,11 +125,7 @@ impl Instance {
     }
 
     pub fn update(&mut self, batch: &RowBatch) -> Result<(), CallFailure> {
-        let rows = Rows {
-            first_row: batch.first_row,
-            timestamps_ms: batch.timestamps_ms.clone(),
-            columns: batch.columns.clone(),
-        };
+        let rows = Rows { first_row: batch.first_row, timestamps_ms: batch.timestamps_ms.clone(), columns: batch.columns.clone() };
         self.arm_deadline();
         let connector = self.connector.clone();
         let result = connector.call_update(&mut self.store, &rows);
@@ -194,7 +181,9 @@ fn trap_reason(error: wasmtime::Error, call_timeout: Duration, memory_mb: u64) -
         let reason = match error.downcast_ref::<Trap>() {
             Some(Trap::Interrupt) => format!("exceeded its call time limit of {} ms", call_timeout.as_millis()),
             _ if text.contains("growing memory") => format!("ran out of memory (limit {memory_mb} MiB)"),
-            Some(Trap::UnreachableCodeReached) => format!("trapped: unreachable code, usually a panic or abort in the plugin ({})", first_line(&text)),
+            Some(Trap::UnreachableCodeReached) => {
+                format!("trapped: unreachable code, usually a panic or abort in the plugin ({})", first_line(&text))
+            }
             Some(trap) => format!("trapped: {trap}"),
             None => first_line(&text).to_string(),
         };
@@ -205,4 +194,3 @@ fn trap_reason(error: wasmtime::Error, call_timeout: Duration, memory_mb: u64) -
 fn first_line(text: &str) -> &str {
     text.lines().next().unwrap_or(text)
 }
-

@@ -111,12 +111,7 @@ impl Runtime {
                 }
             }
         })?;
-        Ok(Runtime {
-            engine,
-            linker,
-            cache: ComponentCache::new(cache_dir),
-            ticker_running,
-        })
+        Ok(Runtime { engine, linker, cache: ComponentCache::new(cache_dir), ticker_running })
     }
 
     /// Reads and compiles (or loads from the cache) a component file, with a clear error
@@ -145,15 +140,7 @@ impl Runtime {
             true => Some(http_handler::GuestIndices::new(&pre).map_err(anyhow::Error::from).with_context(context)?),
             false => None,
         };
-        Ok(LoadedPlugin {
-            manifest,
-            pre,
-            connector,
-            http_handler,
-            data_dir,
-            load_time: started.elapsed(),
-            origin,
-        })
+        Ok(LoadedPlugin { manifest, pre, connector, http_handler, data_dir, load_time: started.elapsed(), origin })
     }
 }
 
@@ -163,7 +150,9 @@ fn check_component_bytes(bytes: &[u8]) -> Result<()> {
     match bytes.get(..8) {
         Some([0x00, 0x61, 0x73, 0x6d, 0x0d, 0x00, 0x01, 0x00]) => Ok(()),
         Some([0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00]) => {
-            bail!("it is a core WebAssembly module, not a component: build it for the wasm32-wasip2 target (or wrap it with `wasm-tools component new`)")
+            bail!(
+                "it is a core WebAssembly module, not a component: build it for the wasm32-wasip2 target (or wrap it with `wasm-tools component new`)"
+            )
         }
         _ => bail!("it is not WebAssembly at all (no `\\0asm` header)"),
     }
@@ -181,8 +170,14 @@ fn check_against_manifest(shape: &ComponentShape, manifest: &Manifest) -> Result
     }
     for import in &shape.imports {
         let known = import.starts_with("wasi:")
-            || [names::OUTGOING_HTTP, "telemetry:connector/log@0.1.0", "telemetry:connector/history@0.1.0", "telemetry:connector/types@0.1.0", "telemetry:connector/http-types@0.1.0"]
-                .contains(&import.as_str());
+            || [
+                names::OUTGOING_HTTP,
+                "telemetry:connector/log@0.1.0",
+                "telemetry:connector/history@0.1.0",
+                "telemetry:connector/types@0.1.0",
+                "telemetry:connector/http-types@0.1.0",
+            ]
+            .contains(&import.as_str());
         anyhow::ensure!(
             known,
             "the component imports `{import}`, which this host does not provide (it provides {}@{} and WASI 0.2)",

@@ -86,10 +86,7 @@ fn default_call_timeout_ms() -> u64 {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
-            memory_mb: default_memory_mb(),
-            call_timeout_ms: default_call_timeout_ms(),
-        }
+        Limits { memory_mb: default_memory_mb(), call_timeout_ms: default_call_timeout_ms() }
     }
 }
 
@@ -128,8 +125,7 @@ impl Manifest {
     }
 
     fn check(&self) -> Result<()> {
-        let valid_name = !self.name.is_empty()
-            && self.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        let valid_name = !self.name.is_empty() && self.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
         anyhow::ensure!(valid_name, "name `{}` must be non-empty ASCII letters, digits, `-` or `_`", self.name);
         anyhow::ensure!(self.limits.memory_mb >= 1, "limits.memory_mb must be at least 1");
         anyhow::ensure!(self.limits.call_timeout_ms >= 1, "limits.call_timeout_ms must be at least 1");
@@ -158,7 +154,8 @@ impl Manifest {
 /// name. A manifest that does not parse is returned as an error beside the others.
 pub fn discover(dir: &Path) -> Result<Vec<Result<Manifest>>> {
     let entries = std::fs::read_dir(dir).with_context(|| format!("cannot read plugin directory {}", dir.display()))?;
-    let mut folders: Vec<PathBuf> = entries.filter_map(|entry| entry.ok().map(|entry| entry.path())).filter(|path| path.join(MANIFEST_FILE).is_file()).collect();
+    let mut folders: Vec<PathBuf> =
+        entries.filter_map(|entry| entry.ok().map(|entry| entry.path())).filter(|path| path.join(MANIFEST_FILE).is_file()).collect();
     folders.sort();
     Ok(folders.iter().map(|folder| Manifest::load(&folder.join(MANIFEST_FILE))).collect())
 }
@@ -189,10 +186,13 @@ mod tests {
 
     #[test]
     fn errors_name_the_file_and_key() {
-        let error = Manifest::parse("name = \"x\"\ncomponent = \"x.wasm\"\n[grants]\nlisten = { prefix = \"nope\" }\n", Path::new("p/plugin.toml")).unwrap_err();
+        let error =
+            Manifest::parse("name = \"x\"\ncomponent = \"x.wasm\"\n[grants]\nlisten = { prefix = \"nope\" }\n", Path::new("p/plugin.toml"))
+                .unwrap_err();
         let text = format!("{error:#}");
         assert!(text.contains("p/plugin.toml") && text.contains("grants.listen.prefix"), "{text}");
-        let error = Manifest::parse("name = \"x\"\ncomponent = \"x.wasm\"\n[limits]\nmemory = 3\n", Path::new("q/plugin.toml")).unwrap_err();
+        let error =
+            Manifest::parse("name = \"x\"\ncomponent = \"x.wasm\"\n[limits]\nmemory = 3\n", Path::new("q/plugin.toml")).unwrap_err();
         let text = format!("{error:#}");
         assert!(text.contains("q/plugin.toml") && text.contains("line 4") && text.contains("memory"), "{text}");
     }

@@ -34,11 +34,7 @@ pub struct PluginSet {
 impl PluginSet {
     /// A set without plugins, to `add` them one by one.
     pub fn empty() -> PluginSet {
-        PluginSet {
-            runners: Vec::new(),
-            failed: Vec::new(),
-            listen: Vec::new(),
-        }
+        PluginSet { runners: Vec::new(), failed: Vec::new(), listen: Vec::new() }
     }
 
     /// Loads every plugin of `dir` that the configuration does not disable and starts it;
@@ -60,15 +56,13 @@ impl PluginSet {
         }
         let secret_names: Vec<String> = manifests
             .iter()
-            .flat_map(|manifest| manifest.grants.outbound.iter().filter_map(|grant| grant.credential.as_ref().map(|credential| credential.secret.clone())))
+            .flat_map(|manifest| {
+                manifest.grants.outbound.iter().filter_map(|grant| grant.credential.as_ref().map(|credential| credential.secret.clone()))
+            })
             .collect();
         let secrets = Secrets::resolve(secret_names.iter().map(String::as_str), &config.secrets);
         let transport = Transport::network()?;
-        let mut set = PluginSet {
-            runners: Vec::new(),
-            failed,
-            listen: Vec::new(),
-        };
+        let mut set = PluginSet { runners: Vec::new(), failed, listen: Vec::new() };
         for mut manifest in manifests {
             let overrides = config.plugins.get(&manifest.name).cloned().unwrap_or_default();
             if !overrides.enabled {
@@ -163,7 +157,8 @@ pub fn manifest_for(path: &Path) -> Result<Manifest> {
     if path.is_dir() {
         return Manifest::load(&path.join(manifest::MANIFEST_FILE));
     }
-    let name = path.file_stem().and_then(|stem| stem.to_str()).unwrap_or("plugin").replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "-");
+    let name =
+        path.file_stem().and_then(|stem| stem.to_str()).unwrap_or("plugin").replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "-");
     let text = format!("name = {name:?}\ncomponent = {:?}\n", path.file_name().and_then(|name| name.to_str()).unwrap_or_default());
     Manifest::parse(&text, &path.with_file_name(manifest::MANIFEST_FILE))
 }

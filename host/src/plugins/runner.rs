@@ -96,29 +96,11 @@ impl PluginRunner {
     pub fn spawn(plugin: LoadedPlugin, env: PluginEnv, cursor: u64, options: RunnerOptions) -> std::io::Result<PluginRunner> {
         let (sender, receiver) = channel();
         let notified = Arc::new(AtomicBool::new(false));
-        let stats = Arc::new(PluginStats {
-            cursor: AtomicU64::new(cursor),
-            denied: env.denied.clone(),
-            ..PluginStats::default()
-        });
+        let stats = Arc::new(PluginStats { cursor: AtomicU64::new(cursor), denied: env.denied.clone(), ..PluginStats::default() });
         let name = plugin.manifest.name.clone();
-        let mut worker = Worker {
-            plugin,
-            env,
-            options,
-            commands: receiver,
-            notified: notified.clone(),
-            stats: stats.clone(),
-            failures: 0,
-        };
+        let mut worker = Worker { plugin, env, options, commands: receiver, notified: notified.clone(), stats: stats.clone(), failures: 0 };
         let thread = std::thread::Builder::new().name(format!("plugin-{name}")).spawn(move || worker.run())?;
-        Ok(PluginRunner {
-            name,
-            sender,
-            notified,
-            stats,
-            thread: Some(thread),
-        })
+        Ok(PluginRunner { name, sender, notified, stats, thread: Some(thread) })
     }
 
     /// Tells the plugin the history grew; cheap and never blocks.
@@ -127,17 +109,11 @@ impl PluginRunner {
     }
 
     pub fn notifier(&self) -> Notifier {
-        Notifier {
-            sender: self.sender.clone(),
-            notified: self.notified.clone(),
-        }
+        Notifier { sender: self.sender.clone(), notified: self.notified.clone() }
     }
 
     pub fn http_endpoint(&self) -> HttpEndpoint {
-        HttpEndpoint {
-            plugin: self.name.clone(),
-            sender: self.sender.clone(),
-        }
+        HttpEndpoint { plugin: self.name.clone(), sender: self.sender.clone() }
     }
 
     /// Delivers the remaining rows, calls `stop` and waits for the thread.

@@ -47,7 +47,9 @@ fn relative_folder(value: &Value, key: &str) -> Result<PathBuf, String> {
     let path = PathBuf::from(text);
     let inside = path.strip_prefix(DATA_DIR).map(PathBuf::from).unwrap_or_else(|_| path.clone());
     if inside.is_absolute() || inside.components().any(|part| matches!(part, std::path::Component::ParentDir)) {
-        return Err(format!("`{key}` = {text:?} must be a folder inside the plugin's data directory (relative, or under {DATA_DIR}); grant the directory in plugin.toml instead"));
+        return Err(format!(
+            "`{key}` = {text:?} must be a folder inside the plugin's data directory (relative, or under {DATA_DIR}); grant the directory in plugin.toml instead"
+        ));
     }
     Ok(inside)
 }
@@ -55,7 +57,9 @@ fn relative_folder(value: &Value, key: &str) -> Result<PathBuf, String> {
 fn positive_number(value: Option<&Value>, key: &str, default: f64) -> Result<f64, String> {
     match value {
         None => Ok(default),
-        Some(value) => value.as_f64().filter(|n| n.is_finite() && *n >= 0.0).ok_or_else(|| format!("`{key}` must be a number >= 0, not {value}")),
+        Some(value) => {
+            value.as_f64().filter(|n| n.is_finite() && *n >= 0.0).ok_or_else(|| format!("`{key}` must be a number >= 0, not {value}"))
+        }
     }
 }
 
@@ -109,7 +113,11 @@ fn parse_plot(plot: &serde_json::Map<String, Value>, context: &StartContext, def
     let size = |key: &str, default: u64| -> Result<u32, String> {
         match plot.get(key) {
             None => Ok(default as u32),
-            Some(value) => value.as_u64().filter(|n| (100..=8000).contains(n)).map(|n| n as u32).ok_or_else(|| format!("`plot.{key}` must be a whole number of pixels from 100 to 8000")),
+            Some(value) => value
+                .as_u64()
+                .filter(|n| (100..=8000).contains(n))
+                .map(|n| n as u32)
+                .ok_or_else(|| format!("`plot.{key}` must be a whole number of pixels from 100 to 8000")),
         }
     };
     let moving_average = match plot.get("moving_average") {

@@ -54,7 +54,8 @@ fn unavailable(what: &str, error: std::io::Error) -> ConnectorError {
 impl State {
     fn write_json(&mut self) -> Result<(), ConnectorError> {
         let path = self.settings.dir.join("telemetry.json");
-        columns_json::write_atomically(&path, &self.series, self.settings.nan_as_null).map_err(|error| unavailable(&path.display().to_string(), error))?;
+        columns_json::write_atomically(&path, &self.series, self.settings.nan_as_null)
+            .map_err(|error| unavailable(&path.display().to_string(), error))?;
         self.last_json = Some(Instant::now());
         self.rows_since_json = 0;
         Ok(())
@@ -78,20 +79,30 @@ impl Guest for FileConnector {
     fn start(context: StartContext) -> Result<(), ConnectorError> {
         let settings = config::parse(&context).map_err(ConnectorError::InvalidConfig)?;
         if !settings.dir.is_dir() {
-            std::fs::create_dir_all(&settings.dir).map_err(|error| ConnectorError::InvalidConfig(format!("cannot create {}: {error} (is the data directory granted read-write?)", settings.dir.display())))?;
+            std::fs::create_dir_all(&settings.dir).map_err(|error| {
+                ConnectorError::InvalidConfig(format!(
+                    "cannot create {}: {error} (is the data directory granted read-write?)",
+                    settings.dir.display()
+                ))
+            })?;
         }
-        let jsonl = rows_jsonl::RowsFile::open(&settings.dir.join("telemetry.jsonl"), &context.series, context.next_row, settings.fsync, settings.nan_as_null)
-            .map_err(|error| ConnectorError::InvalidConfig(format!("cannot write {}: {error} (is the data directory granted read-write?)", settings.dir.join("telemetry.jsonl").display())))?;
+        let jsonl = rows_jsonl::RowsFile::open(
+            &settings.dir.join("telemetry.jsonl"),
+            &context.series,
+            context.next_row,
+            settings.fsync,
+            settings.nan_as_null,
+        )
+        .map_err(|error| {
+            ConnectorError::InvalidConfig(format!(
+                "cannot write {}: {error} (is the data directory granted read-write?)",
+                settings.dir.join("telemetry.jsonl").display()
+            ))
+        })?;
         log(Level::Info, &format!("writing to {} from row {}", settings.dir.display(), context.next_row));
         STATE.with(|state| {
-            *state.borrow_mut() = Some(State {
-                settings,
-                series: context.series,
-                jsonl,
-                last_json: None,
-                last_plot: None,
-                rows_since_json: 0,
-            })
+            *state.borrow_mut() =
+                Some(State { settings, series: context.series, jsonl, last_json: None, last_plot: None, rows_since_json: 0 })
         });
         Ok(())
     }
@@ -103,7 +114,10 @@ impl Guest for FileConnector {
                 state.jsonl.append(&batch).map_err(|error| unavailable("telemetry.jsonl", error))?;
                 state.rows_since_json += rows;
             }
-            if state.rows_since_json > 0 && state.settings.json_interval_s > 0.0 && State::due(state.last_json, state.settings.json_interval_s) {
+            if state.rows_since_json > 0
+                && state.settings.json_interval_s > 0.0
+                && State::due(state.last_json, state.settings.json_interval_s)
+            {
                 state.write_json()?;
             }
             let plot_due = state.settings.plot.as_ref().is_some_and(|plot| State::due(state.last_plot, plot.min_interval_s));

@@ -71,11 +71,7 @@ fn curve(settings: &PlotSettings, ykey: &str, budget: u32) -> Result<Curve, Stri
         let variance = (squares / count - mean * mean).max(0.0);
         points.push((*x, mean, variance.sqrt()));
     }
-    Ok(Curve {
-        name: ykey.to_string(),
-        points,
-        settled_from: window.saturating_sub(1),
-    })
+    Ok(Curve { name: ykey.to_string(), points, settled_from: window.saturating_sub(1) })
 }
 
 fn limits(values: impl Iterator<Item = (f64, f64)>) -> (f64, f64) {
@@ -116,9 +112,7 @@ fn draw_curve<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, curve: &Curve, 
     let mut band: Vec<(f64, f64)> = curve.points.iter().map(|(x, mean, std)| (*x, clamp(mean + std))).collect();
     band.extend(curve.points.iter().rev().map(|(x, mean, std)| (*x, clamp(mean - std))));
     chart.draw_series(std::iter::once(Polygon::new(band, CURVE.mix(0.25).filled()))).map_err(error)?;
-    chart
-        .draw_series(LineSeries::new(curve.points.iter().map(|(x, mean, _)| (*x, clamp(*mean))), CURVE.stroke_width(2)))
-        .map_err(error)?;
+    chart.draw_series(LineSeries::new(curve.points.iter().map(|(x, mean, _)| (*x, clamp(*mean))), CURVE.stroke_width(2))).map_err(error)?;
     Ok(())
 }
 

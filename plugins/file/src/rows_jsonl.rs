@@ -41,13 +41,7 @@ impl RowsFile {
     pub fn open(path: &Path, series: &[String], next_row: u64, fsync: bool, _nan_as_null: bool) -> std::io::Result<RowsFile> {
         let mut file = OpenOptions::new().create(true).read(true).append(true).open(path)?;
         let kept_rows = truncate_to(&mut file, path, next_row)?;
-        let mut rows = RowsFile {
-            file,
-            series: series.to_vec(),
-            next_row: kept_rows,
-            fsync,
-            line: String::new(),
-        };
+        let mut rows = RowsFile { file, series: series.to_vec(), next_row: kept_rows, fsync, line: String::new() };
         // Rows before the cursor that the file lacks (it was removed, or cut above).
         while rows.next_row < next_row {
             let count = (next_row - rows.next_row).min(BACKFILL_CHUNK);

@@ -30,7 +30,8 @@ fn parse_rfc3339(text: &str) -> Result<i64, String> {
         let part = &text[range];
         if part.bytes().all(|byte| byte.is_ascii_digit()) { part.parse().map_err(|_| bad()) } else { Err(bad()) }
     };
-    let separators_ok = bytes[4] == b'-' && bytes[7] == b'-' && matches!(bytes[10], b'T' | b't' | b' ') && bytes[13] == b':' && bytes[16] == b':';
+    let separators_ok =
+        bytes[4] == b'-' && bytes[7] == b'-' && matches!(bytes[10], b'T' | b't' | b' ') && bytes[13] == b':' && bytes[16] == b':';
     if !separators_ok {
         return Err(bad());
     }

@@ -74,7 +74,9 @@ fn parse_settings(context: &StartContext) -> Result<Settings, String> {
         (None, None) => None,
     };
     if let Some(unknown) = config.as_object().and_then(|object| {
-        object.keys().find(|key| !["max_points_limit", "default_points", "basic_auth", "bearer_token", "cors_origin"].contains(&key.as_str()))
+        object
+            .keys()
+            .find(|key| !["max_points_limit", "default_points", "basic_auth", "bearer_token", "cors_origin"].contains(&key.as_str()))
     }) {
         return Err(format!("unknown key `{unknown}` (known: max_points_limit, default_points, basic_auth, bearer_token, cors_origin)"));
     }
@@ -136,11 +138,7 @@ impl Answer {
     }
 
     pub fn json_text(status: u16, text: String) -> Answer {
-        Answer {
-            status,
-            headers: vec![("content-type".into(), "application/json".into())],
-            body: text.into_bytes(),
-        }
+        Answer { status, headers: vec![("content-type".into(), "application/json".into())], body: text.into_bytes() }
     }
 
     /// The error shape the JSON datasource shows in the panel: `message` and `error`.
@@ -176,11 +174,8 @@ fn route(request: &Request, settings: &Settings) -> Answer {
         return Answer::error(404, "not_found", &format!("no endpoint {path}; see /openapi.json"));
     };
     if request.method == "OPTIONS" {
-        let mut answer = Answer {
-            status: 204,
-            headers: vec![("allow".into(), format!("{}, OPTIONS", methods.join(", ")))],
-            body: Vec::new(),
-        };
+        let mut answer =
+            Answer { status: 204, headers: vec![("allow".into(), format!("{}, OPTIONS", methods.join(", ")))], body: Vec::new() };
         if settings.cors_origin.is_some() {
             answer.headers.push(("access-control-allow-methods".into(), format!("{}, OPTIONS", methods.join(", "))));
             answer.headers.push(("access-control-allow-headers".into(), "accept, content-type, authorization".into()));
@@ -189,17 +184,18 @@ fn route(request: &Request, settings: &Settings) -> Answer {
         return answer;
     }
     if !methods.contains(&request.method.as_str()) {
-        let mut answer = Answer::error(405, "method_not_allowed", &format!("{path} accepts {}, not {}", methods.join(", "), request.method));
+        let mut answer =
+            Answer::error(405, "method_not_allowed", &format!("{path} accepts {}, not {}", methods.join(", "), request.method));
         answer.headers.push(("allow".into(), methods.join(", ")));
         return answer;
     }
-    if let Some(expected) = &settings.authorization {
-        if header(request, "authorization") != Some(expected.as_str()) {
-            let mut answer = Answer::error(401, "unauthorized", "missing or wrong credentials");
-            let scheme = if expected.starts_with("Basic") { "Basic realm=\"telemetry-host\"" } else { "Bearer" };
-            answer.headers.push(("www-authenticate".into(), scheme.into()));
-            return answer;
-        }
+    if let Some(expected) = &settings.authorization
+        && header(request, "authorization") != Some(expected.as_str())
+    {
+        let mut answer = Answer::error(401, "unauthorized", "missing or wrong credentials");
+        let scheme = if expected.starts_with("Basic") { "Basic realm=\"telemetry-host\"" } else { "Bearer" };
+        answer.headers.push(("www-authenticate".into(), scheme.into()));
+        return answer;
     }
     if path == "/" {
         return Answer {
@@ -258,11 +254,7 @@ impl HttpHandler for Grafana {
                 answer.headers.push(("vary".into(), "origin".into()));
             }
         }
-        Response {
-            status: answer.status,
-            headers: answer.headers,
-            body: answer.body,
-        }
+        Response { status: answer.status, headers: answer.headers, body: answer.body }
     }
 }
 

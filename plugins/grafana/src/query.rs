@@ -93,7 +93,9 @@ fn time_span(body: &Value) -> Result<Span, Answer> {
     let bound = |key: &str| -> Result<Option<i64>, Answer> {
         match &range[key] {
             Value::Null => Ok(None),
-            value => dates::epoch_ms(value).map(Some).map_err(|message| Answer::error(400, "bad_range", &format!("range.{key}: {message}"))),
+            value => {
+                dates::epoch_ms(value).map(Some).map_err(|message| Answer::error(400, "bad_range", &format!("range.{key}: {message}")))
+            }
         }
     };
     let (from, to) = (bound("from")?, bound("to")?);
@@ -140,7 +142,7 @@ pub fn query(body: &Value, settings: &Settings) -> Result<Value, Answer> {
                 step_points(&series, points, settings)?
             } else {
                 let read = history::downsample(&series, span, points).map_err(history_error)?;
-                read.timestamps_ms.into_iter().zip(read.values).map(|(time, value)| (time, value)).collect()
+                read.timestamps_ms.into_iter().zip(read.values).collect()
             };
             pairs.sort_by_key(|(time, _)| *time);
             answer.push(if table {
@@ -197,7 +199,12 @@ fn legacy_answer(points: u32) -> Value {
         } else {
             picks
                 .iter()
-                .map(|row| history::read_series(&name, RowRange { first: *row, count: 1 }).ok().and_then(|v| v.first().copied()).map_or(Value::Null, number_or_null))
+                .map(|row| {
+                    history::read_series(&name, RowRange { first: *row, count: 1 })
+                        .ok()
+                        .and_then(|v| v.first().copied())
+                        .map_or(Value::Null, number_or_null)
+                })
                 .collect()
         };
         object.insert(name, Value::Array(values));

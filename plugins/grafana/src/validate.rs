@@ -54,7 +54,9 @@ pub fn field<'a>(object: &'a Value, key: &str, path: &str, kind: Kind, required:
 /// `object[key]`, which must be one of `allowed` if present.
 pub fn choice<'a>(object: &'a Value, key: &str, path: &str, allowed: &[&str]) -> Result<Option<&'a str>, Answer> {
     match field(object, key, path, Kind::String, false)?.and_then(Value::as_str) {
-        Some(value) if !allowed.contains(&value) => Err(Answer::error(400, "bad_request", &format!("`{path}` must be one of {}, not {value:?}", allowed.join(", ")))),
+        Some(value) if !allowed.contains(&value) => {
+            Err(Answer::error(400, "bad_request", &format!("`{path}` must be one of {}, not {value:?}", allowed.join(", "))))
+        }
         other => Ok(other),
     }
 }

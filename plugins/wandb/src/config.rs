@@ -58,7 +58,10 @@ pub fn parse(context: &StartContext) -> Result<Settings, String> {
     let number = |key: &str, default: f64, min: f64| -> Result<f64, String> {
         match object.get(key) {
             None => Ok(default),
-            Some(value) => value.as_f64().filter(|n| n.is_finite() && *n >= min).ok_or_else(|| format!("`{key}` must be a number >= {min}, not {value}")),
+            Some(value) => value
+                .as_f64()
+                .filter(|n| n.is_finite() && *n >= min)
+                .ok_or_else(|| format!("`{key}` must be a number >= {min}, not {value}")),
         }
     };
     let project = text("project")?.ok_or("`project` is missing: name the W&B project to log to")?;
@@ -68,7 +71,9 @@ pub fn parse(context: &StartContext) -> Result<Settings, String> {
     }
     let step_series = match text("step")?.as_deref() {
         None | Some("row") => None,
-        Some("step_key") => Some(context.step_series.clone().ok_or("`step = \"step_key\"` needs telemetry.step_key in the host configuration")?),
+        Some("step_key") => {
+            Some(context.step_series.clone().ok_or("`step = \"step_key\"` needs telemetry.step_key in the host configuration")?)
+        }
         Some(other) => return Err(format!("`step` must be \"row\" or \"step_key\", not {other:?}")),
     };
     let series = match object.get("series") {
@@ -77,7 +82,9 @@ pub fn parse(context: &StartContext) -> Result<Settings, String> {
             .iter()
             .map(|name| {
                 let name = name.as_str().ok_or("`series` must list series names")?;
-                let index = context.series.iter().position(|series| series == name).ok_or_else(|| format!("`series` names `{name}`, which is not a series; the series are: {}", context.series.join(", ")))?;
+                let index = context.series.iter().position(|series| series == name).ok_or_else(|| {
+                    format!("`series` names `{name}`, which is not a series; the series are: {}", context.series.join(", "))
+                })?;
                 Ok((name.to_string(), index))
             })
             .collect::<Result<Vec<_>, String>>()?,

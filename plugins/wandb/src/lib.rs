@@ -141,7 +141,13 @@ impl Stream {
 
     /// Creates (or resumes) the run with `UpsertBucket`.
     fn upsert(&mut self, timeout: Duration) -> Result<(), ConnectorError> {
-        let body = protocol::upsert_bucket_body(&self.run.run_id, &self.run.project, self.run.entity.as_deref(), self.settings.group.as_deref(), &self.settings.run_config);
+        let body = protocol::upsert_bucket_body(
+            &self.run.run_id,
+            &self.run.project,
+            self.run.entity.as_deref(),
+            self.settings.group.as_deref(),
+            &self.settings.run_config,
+        );
         match protocol::post_json(&format!("{}/graphql", self.settings.base_url), &body, timeout, true) {
             Outcome::Ok(answer) => {
                 let bucket = protocol::parse_bucket(&answer).map_err(ConnectorError::Unavailable)?;
@@ -151,16 +157,22 @@ impl Stream {
                 if let Some(project) = bucket.project {
                     self.run.project = project;
                 }
-                if let Some(lines) = bucket.history_line_count {
-                    if lines > self.run.lines_sent {
-                        log(Level::Warn, &format!("W&B holds {lines} history lines, more than this plugin recorded; the extra lines will be overwritten"));
-                    }
+                if let Some(lines) = bucket.history_line_count
+                    && lines > self.run.lines_sent
+                {
+                    log(
+                        Level::Warn,
+                        &format!("W&B holds {lines} history lines, more than this plugin recorded; the extra lines will be overwritten"),
+                    );
                 }
                 self.run.save().map_err(|error| ConnectorError::Unavailable(format!("{STATE_FILE}: {error}")))?;
                 Ok(())
             }
             Outcome::Retry { reason, .. } => Err(ConnectorError::Unavailable(format!("creating the W&B run: {reason}"))),
-            Outcome::Fatal(reason) => Err(ConnectorError::InvalidConfig(format!("W&B refused to create run {} in project {}: {reason}", self.run.run_id, self.run.project))),
+            Outcome::Fatal(reason) => Err(ConnectorError::InvalidConfig(format!(
+                "W&B refused to create run {} in project {}: {reason}",
+                self.run.run_id, self.run.project
+            ))),
         }
     }
 
@@ -200,12 +212,18 @@ impl Stream {
             Some(name) => {
                 let column = self.settings.series.iter().find(|(series, _)| series == name).map(|(_, column)| *column);
                 let column = column.or_else(|| batch_column_of(name));
-                let value = column.and_then(|column| batch.columns.get(column)).and_then(|values| values.get(offset)).copied().unwrap_or(f64::NAN);
+                let value =
+                    column.and_then(|column| batch.columns.get(column)).and_then(|values| values.get(offset)).copied().unwrap_or(f64::NAN);
                 match (value.is_finite(), previous) {
                     (true, Some(last)) if (value as i64) <= last => {
                         if !self.warned_backwards {
                             self.warned_backwards = true;
-                            log(Level::Warn, &format!("step `{name}` went backwards at row {row} ({value} after {last}); such rows get the last step + 1 (warned once)"));
+                            log(
+                                Level::Warn,
+                                &format!(
+                                    "step `{name}` went backwards at row {row} ({value} after {last}); such rows get the last step + 1 (warned once)"
+                                ),
+                            );
                         }
                         last + 1
                     }
@@ -235,13 +253,13 @@ impl Stream {
         if self.not_before.is_some_and(|not_before| now < not_before) {
             return;
         }
-        if let Some(last) = self.last_request {
-            if now.duration_since(last) < MIN_REQUEST_GAP {
-                if !flush {
-                    return;
-                }
-                std::thread::sleep(MIN_REQUEST_GAP - now.duration_since(last));
+        if let Some(last) = self.last_request
+            && now.duration_since(last) < MIN_REQUEST_GAP
+        {
+            if !flush {
+                return;
             }
+            std::thread::sleep(MIN_REQUEST_GAP - now.duration_since(last));
         }
         let interval = Duration::from_secs_f64(self.settings.transmit_interval_s);
         let transmit_due = flush || self.last_transmit.is_none_or(|last| last.elapsed() >= interval);
@@ -263,7 +281,9 @@ impl Stream {
                     "wandb-summary.json": { "offset": 0, "content": [self.summary_line()] },
                 }}),
             ))
-        } else if self.last_request.is_none_or(|last| last.elapsed().as_secs_f64() >= self.settings.heartbeat_s) && self.last_request.is_some() {
+        } else if self.last_request.is_none_or(|last| last.elapsed().as_secs_f64() >= self.settings.heartbeat_s)
+            && self.last_request.is_some()
+        {
             Some((0, json!({})))
         } else {
             None
@@ -298,10 +318,23 @@ impl Stream {
                 let backoff = BACKOFF_FIRST.saturating_mul(1 << exponent).min(BACKOFF_LONGEST).mul_f64(jitter);
                 let wait = retry_after.unwrap_or(backoff);
                 self.not_before = Some(Instant::now() + wait);
-                log(Level::Warn, &format!("W&B file_stream failed ({reason}); {} lines queued, retrying in {:.1} s", self.queue.len(), wait.as_secs_f64()));
+                log(
+                    Level::Warn,
+                    &format!(
+                        "W&B file_stream failed ({reason}); {} lines queued, retrying in {:.1} s",
+                        self.queue.len(),
+                        wait.as_secs_f64()
+                    ),
+                );
             }
             Outcome::Fatal(reason) => {
-                log(Level::Error, &format!("W&B refused the data of run {} ({reason}); as the official client does, no more data is sent to this run", self.run.run_id));
+                log(
+                    Level::Error,
+                    &format!(
+                        "W&B refused the data of run {} ({reason}); as the official client does, no more data is sent to this run",
+                        self.run.run_id
+                    ),
+                );
                 self.fatal = Some(reason);
             }
         }
@@ -309,13 +342,18 @@ impl Stream {
 
     fn send_finish(&mut self, deadline: Instant) -> Result<(), String> {
         let timeout = Duration::from_secs_f64(self.settings.request_timeout_s).min(deadline.saturating_duration_since(Instant::now()));
-        if let Some(last) = self.last_request {
-            if last.elapsed() < MIN_REQUEST_GAP {
-                std::thread::sleep(MIN_REQUEST_GAP - last.elapsed());
-            }
+        if let Some(last) = self.last_request
+            && last.elapsed() < MIN_REQUEST_GAP
+        {
+            std::thread::sleep(MIN_REQUEST_GAP - last.elapsed());
         }
         self.last_request = Some(Instant::now());
-        match protocol::post_json(&self.history_url(), &json!({ "complete": true, "exitcode": 0 }), timeout.max(Duration::from_millis(1)), false) {
+        match protocol::post_json(
+            &self.history_url(),
+            &json!({ "complete": true, "exitcode": 0 }),
+            timeout.max(Duration::from_millis(1)),
+            false,
+        ) {
             Outcome::Ok(_) => Ok(()),
             Outcome::Retry { reason, .. } | Outcome::Fatal(reason) => Err(reason),
         }
@@ -350,9 +388,11 @@ struct Wandb;
 impl Guest for Wandb {
     fn start(context: StartContext) -> Result<(), ConnectorError> {
         let settings = config::parse(&context).map_err(ConnectorError::InvalidConfig)?;
-        let resumed = RunState::load()
-            .filter(|_| settings.resume)
-            .filter(|run| run.base_url == settings.base_url && run.project == settings.project && (settings.entity.is_none() || run.entity == settings.entity));
+        let resumed = RunState::load().filter(|_| settings.resume).filter(|run| {
+            run.base_url == settings.base_url
+                && run.project == settings.project
+                && (settings.entity.is_none() || run.entity == settings.entity)
+        });
         let mut run = resumed.clone().unwrap_or_else(|| RunState {
             run_id: random_run_id(),
             base_url: settings.base_url.clone(),
@@ -420,12 +460,18 @@ impl Guest for Wandb {
             if !batch.timestamps_ms.is_empty() {
                 if let Some(reason) = &stream.fatal {
                     stream.dropped_rows += batch.timestamps_ms.len() as u64;
-                    return Err(ConnectorError::Rejected(format!("the W&B stream stopped after a fatal error ({reason}); {} rows not sent", stream.dropped_rows)));
+                    return Err(ConnectorError::Rejected(format!(
+                        "the W&B stream stopped after a fatal error ({reason}); {} rows not sent",
+                        stream.dropped_rows
+                    )));
                 }
                 if stream.queue.len() + batch.timestamps_ms.len() > stream.settings.max_queue_rows {
                     stream.pump(false, deadline);
                     if stream.queue.len() + batch.timestamps_ms.len() > stream.settings.max_queue_rows {
-                        return Err(ConnectorError::Unavailable(format!("W&B is not taking data; {} rows queued (max_queue_rows); the host keeps the rest", stream.queue.len())));
+                        return Err(ConnectorError::Unavailable(format!(
+                            "W&B is not taking data; {} rows queued (max_queue_rows); the host keeps the rest",
+                            stream.queue.len()
+                        )));
                     }
                 }
                 stream.enqueue(&batch);
@@ -454,7 +500,9 @@ impl Guest for Wandb {
                     stream.queue.len()
                 )));
             }
-            stream.send_finish(deadline + Duration::from_secs(5)).map_err(|reason| ConnectorError::Unavailable(format!("sending the finish marker: {reason}")))?;
+            stream
+                .send_finish(deadline + Duration::from_secs(5))
+                .map_err(|reason| ConnectorError::Unavailable(format!("sending the finish marker: {reason}")))?;
             log(Level::Info, &format!("W&B run {} finished with {} history lines", stream.run.run_id, stream.run.lines_sent));
             Ok(())
         })

@@ -16,7 +16,10 @@ pub const UPSERT_BUCKET: &str = "\nmutation UpsertBucket ($id: String, $name: St
 pub enum Outcome {
     Ok(Value),
     /// Worth retrying; `retry_after` if the server said when.
-    Retry { reason: String, retry_after: Option<Duration> },
+    Retry {
+        reason: String,
+        retry_after: Option<Duration>,
+    },
     /// The official client gives up on these statuses.
     Fatal(String),
 }
@@ -55,10 +58,7 @@ fn classify(response: &Response, upsert: bool) -> Outcome {
     match response.status {
         200..=299 => Outcome::Ok(serde_json::from_slice(&response.body).unwrap_or(Value::Null)),
         status if is_fatal(status, upsert) => Outcome::Fatal(format!("HTTP {status}: {short_body}")),
-        status => Outcome::Retry {
-            reason: format!("HTTP {status}: {short_body}"),
-            retry_after: retry_after(response),
-        },
+        status => Outcome::Retry { reason: format!("HTTP {status}: {short_body}"), retry_after: retry_after(response) },
     }
 }
 
