@@ -169,6 +169,12 @@ impl IsolatedPlugin {
         result
     }
 
+    /// Hands `batch` to the plugin as is, without moving the cursor (for benchmarks).
+    pub fn update_raw(&mut self, batch: &crate::history::RowBatch) -> Result<(), CallFailure> {
+        let instance = self.instance.as_mut().ok_or_else(|| CallFailure::Trapped("the plugin is not started".into()))?;
+        instance.update(batch)
+    }
+
     /// Sends one HTTP request to the plugin's handler.
     pub fn request(&mut self, method: &str, target: &str, body: &[u8]) -> Result<Response, CallFailure> {
         let (path, query) = target.split_once('?').unwrap_or((target, ""));

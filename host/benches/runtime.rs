@@ -1,0 +1,182 @@
+//! Figures of the host runtime (run with `cargo xtask guests && cargo bench -p telemetry-host
+//! --bench runtime`): the cost of values across the boundary, delivery and downsampled
+//! reads against the history length, cached loading, and memory with three plugins.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use telemetry_host::capabilities::outgoing_http::Transport;
+use telemetry_host::capabilities::secrets::Secrets;
+use telemetry_host::config::HostConfig;
+use telemetry_host::history::{History, RowBatch, Span};
+use telemetry_host::ingest::transforms::series_names;
+use telemetry_host::plugins::PluginSet;
+use telemetry_host::plugins::instance::Instance;
+use telemetry_host::plugins::loader::Runtime;
+use telemetry_host::plugins::manifest::Manifest;
+use telemetry_testkit::{IsolatedPlugin, IsolationOptions, fixture, plugins_dir};
+
+const SERIES: usize = 10;
+
+/// Median time of `runs` calls.
+fn median(runs: usize, mut call: impl FnMut()) -> Duration {
+    let mut times: Vec<Duration> = (0..runs)
+        .map(|_| {
+            let started = Instant::now();
+            call();
+            started.elapsed()
+        })
+        .collect();
+    times.sort();
+    times[runs / 2]
+}
+
+fn fill(history: &mut History, rows: usize) {
+    let start = history.row_count() as usize;
+    for row in start..start + rows {
+        let values: Vec<f64> = (0..SERIES).map(|series| ((row * 31 + series * 7) % 1000) as f64).collect();
+        history.push_row(1_700_000_000_000 + row as i64, &values);
+    }
+}
+
+fn rss_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kb: f64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches(" kB").parse().ok())
+        .unwrap_or(0.0);
+    kb / 1024.0
+}
+
+fn boundary_cost() {
+    println!("## Values across the boundary (null connector, {SERIES} series)");
+    println!("| rows per update | time per update | per value |");
+    println!("|---|---|---|");
+    let mut plugin = IsolatedPlugin::load(&fixture("null"), IsolationOptions::default()).unwrap();
+    plugin.start().unwrap();
+    fill(&mut plugin.history.write().unwrap(), 100_000);
+    for rows in [10u64, 1_000, 10_000, 100_000] {
+        let batch = plugin.history.read().unwrap().batch(0, rows);
+        let time = median(21, || plugin.update_raw(&batch).unwrap());
+        println!("| {rows} | {:.1} µs | {:.2} ns |", time.as_secs_f64() * 1e6, time.as_secs_f64() * 1e9 / (rows as f64 * SERIES as f64));
+    }
+}
+
+fn delivery_and_reads_against_history_length() {
+    println!("\n## Against the history length");
+    println!(
+        "| rows of history | delivery of a 5-row update (read + call) | downsample to 1000 points, whole run | downsample, last 10% by time |"
+    );
+    println!("|---|---|---|---|");
+    let mut plugin = IsolatedPlugin::load(&fixture("null"), IsolationOptions::default()).unwrap();
+    plugin.start().unwrap();
+    for target in [1_000usize, 100_000, 1_000_000] {
+        let have = plugin.history.read().unwrap().row_count() as usize;
+        fill(&mut plugin.history.write().unwrap(), target - have);
+        let delivery = median(501, || {
+            let batch: RowBatch = plugin.history.read().unwrap().batch(target as u64 - 5, 5);
+            plugin.update_raw(&batch).unwrap();
+        });
+        let history = plugin.history.read().unwrap();
+        let whole = median(51, || {
+            std::hint::black_box(history.downsample("rewards", Span::All, 1000).unwrap());
+        });
+        let from_ms = 1_700_000_000_000 + (target as i64 * 9 / 10);
+        let recent = median(51, || {
+            std::hint::black_box(history.downsample("rewards", Span::Time { from_ms, to_ms: i64::MAX }, 1000).unwrap());
+        });
+        println!(
+            "| {target} | {:.1} µs | {:.1} µs | {:.1} µs |",
+            delivery.as_secs_f64() * 1e6,
+            whole.as_secs_f64() * 1e6,
+            recent.as_secs_f64() * 1e6
+        );
+    }
+}
+
+fn cached_loading() {
+    println!("\n## Loading the three connectors");
+    println!("| plugin | compile (cold cache) | load from cache | instantiate + start |");
+    println!("|---|---|---|---|");
+    let cache = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let config = HostConfig::builtin_default();
+    let history = History::new(series_names(&config.telemetry.transforms)).shared();
+    let transport = Transport::recording(Default::default());
+    for name in ["file", "grafana", "wandb"] {
+        let manifest = || Manifest::load(&plugins_dir().join(name).join("plugin.toml")).unwrap();
+        let cold = Runtime::new(Some(cache.path().into())).unwrap().load(manifest(), data.path()).unwrap();
+        let runtime = Runtime::new(Some(cache.path().into())).unwrap();
+        let mut warm = None;
+        let load = median(11, || warm = Some(runtime.load(manifest(), data.path()).unwrap()));
+        let warm = warm.unwrap();
+        let env = telemetry_host::plugins::plugin_env(&config, &history, &Secrets::default(), &transport);
+        let instantiate = median(51, || {
+            std::hint::black_box(Instance::new(&warm, &env).map_err(|failure| failure.to_string()).unwrap());
+        });
+        println!(
+            "| {name} | {:.1} ms | {:.2} ms | {:.1} µs |",
+            cold.load_time.as_secs_f64() * 1e3,
+            load.as_secs_f64() * 1e3,
+            instantiate.as_secs_f64() * 1e6
+        );
+    }
+}
+
+fn memory_with_three_plugins() {
+    println!("\n## Host memory with the three connectors at 1M rows");
+    let root = tempfile::tempdir().unwrap();
+    let mut config = HostConfig::builtin_default();
+    config.runtime.data_dir = root.path().join("data");
+    config.runtime.cache_dir = root.path().join("cache");
+    let before = rss_mb();
+    let history = History::new(series_names(&config.telemetry.transforms)).shared();
+    let runtime = Runtime::new(Some(config.runtime.cache_dir.clone())).unwrap();
+    let transport = Transport::recording(Default::default());
+    let mut set = PluginSet::empty();
+    for name in ["file", "grafana", "wandb"] {
+        let mut manifest = Manifest::load(&plugins_dir().join(name).join("plugin.toml")).unwrap();
+        if name == "wandb" {
+            manifest.config.insert("transmit_interval_s".into(), toml::Value::Float(0.0));
+        }
+        let plugin = runtime.load(manifest, &config.runtime.data_dir).unwrap();
+        let env = telemetry_host::plugins::plugin_env(&config, &history, &Secrets::default(), &transport);
+        set.add(plugin, env, 0, telemetry_host::plugins::runner_options(&config)).unwrap();
+    }
+    let loaded = rss_mb();
+    let started = Instant::now();
+    for _ in 0..100 {
+        fill(&mut history.write().unwrap(), 10_000);
+        set.notify_all();
+    }
+    let all = history.read().unwrap().row_count();
+    for runner in &set.runners {
+        while runner.stats.cursor.load(Ordering::Acquire) < all {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let elapsed = started.elapsed();
+    let at_million = rss_mb();
+    println!("| point | RSS |");
+    println!("|---|---|");
+    println!("| before | {before:.0} MB |");
+    println!("| engine + 3 connectors loaded | {loaded:.0} MB |");
+    println!("| 1M rows delivered to all three ({:.1} s) | {at_million:.0} MB |", elapsed.as_secs_f64());
+    println!(
+        "(the history itself: {SERIES} series x 8 bytes + timestamps + extremes = about {:.0} MB)",
+        all as f64 * (SERIES as f64 * 8.0 * 1.6 + 8.0) / 1e6
+    );
+    set.stop_all();
+}
+
+fn main() {
+    if std::env::args().any(|arg| arg == "--list") {
+        return;
+    }
+    println!("# telemetry-host runtime benchmark ({} build)\n", if cfg!(debug_assertions) { "debug" } else { "release" });
+    boundary_cost();
+    delivery_and_reads_against_history_length();
+    cached_loading();
+    memory_with_three_plugins();
+}
