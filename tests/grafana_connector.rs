@@ -231,24 +231,40 @@ fn auth_and_cors_come_from_the_config() {
     assert!(preflight.headers.iter().any(|(name, value)| name == "access-control-allow-headers" && value.contains("authorization")));
 }
 
-/// A host with the grafana plugin behind its HTTP server; returns the base URL.
-fn serve_grafana(
-    host: &TestHost,
-    runtime: &tokio::runtime::Runtime,
-) -> (String, Vec<telemetry_host::capabilities::http_server::BoundServer>) {
-    let servers =
-        runtime.block_on(telemetry_host::capabilities::http_server::serve("127.0.0.1:0", host.plugins().http_routes(), 1 << 20)).unwrap();
-    (format!("http://{}/grafana", servers[0].address), servers)
+/// A host fed with `rows` samples, its grafana plugin behind the host's HTTP server.
+struct ServedGrafana {
+    host: TestHost,
+    runtime: tokio::runtime::Runtime,
+    servers: Vec<telemetry_host::capabilities::http_server::BoundServer>,
+    base: String,
+}
+
+impl ServedGrafana {
+    fn start(rows: u64) -> ServedGrafana {
+        let mut host = TestHost::start(&[PluginSpec::new("grafana", connector("grafana"), "[grants]\nlisten = { prefix = \"/grafana\" }\n")]);
+        host.feed(rows);
+        assert!(host.wait_for_cursor("grafana", rows, Duration::from_secs(20)));
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let routes = host.plugins().http_routes();
+        let servers = runtime.block_on(telemetry_host::capabilities::http_server::serve("127.0.0.1:0", routes, 1 << 20)).unwrap();
+        let base = format!("http://{}/grafana", servers[0].address);
+        ServedGrafana { host, runtime, servers, base }
+    }
+
+    fn shutdown(self) {
+        self.runtime.block_on(async {
+            for server in self.servers {
+                server.shutdown().await;
+            }
+        });
+    }
 }
 
 #[test]
 fn end_to_end_through_the_host_http_server() {
-    let mut host = TestHost::start(&[PluginSpec::new("grafana", connector("grafana"), "[grants]\nlisten = { prefix = \"/grafana\" }\n")]);
-    host.feed(500);
-    assert!(host.wait_for_cursor("grafana", 500, Duration::from_secs(20)));
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let (base, servers) = serve_grafana(&host, &runtime);
-    runtime.block_on(async {
+    let served = ServedGrafana::start(500);
+    let base = served.base.clone();
+    served.runtime.block_on(async {
         let client = reqwest::Client::new();
         let health = client.get(format!("{base}/")).send().await.unwrap();
         assert_eq!(health.status(), 200);
@@ -270,10 +286,8 @@ fn end_to_end_through_the_host_http_server() {
         assert_eq!(outside.status(), 404);
         let big = client.post(format!("{base}/query")).body(vec![b' '; 2 << 20]).send().await.unwrap();
         assert_eq!(big.status(), 413);
-        for server in servers {
-            server.shutdown().await;
-        }
     });
+    served.shutdown();
 }
 
 fn schemathesis() -> String {
@@ -284,13 +298,10 @@ fn schemathesis() -> String {
 /// the two modes of the reference checklist.
 #[test]
 fn conforms_to_its_openapi_document_under_schemathesis() {
-    let mut host = TestHost::start(&[PluginSpec::new("grafana", connector("grafana"), "[grants]\nlisten = { prefix = \"/grafana\" }\n")]);
-    host.feed(300);
-    assert!(host.wait_for_cursor("grafana", 300, Duration::from_secs(20)));
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let (base, servers) = serve_grafana(&host, &runtime);
-    let spec = host.root.path().join("openapi.json");
-    let document = runtime.block_on(async { reqwest::get(format!("{base}/openapi.json")).await.unwrap().text().await.unwrap() });
+    let served = ServedGrafana::start(300);
+    let base = served.base.clone();
+    let spec = served.host.root.path().join("openapi.json");
+    let document = served.runtime.block_on(async { reqwest::get(format!("{base}/openapi.json")).await.unwrap().text().await.unwrap() });
     std::fs::write(&spec, document).unwrap();
     let runs: [&[&str]; 2] = [
         // A target that is no valid regex is refused with a 400 on purpose (the panel shows
@@ -341,9 +352,5 @@ fn conforms_to_its_openapi_document_under_schemathesis() {
         let text = format!("{}\n{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
         assert!(output.status.success(), "schemathesis {args:?} failed:\n{text}");
     }
-    runtime.block_on(async {
-        for server in servers {
-            server.shutdown().await;
-        }
-    });
+    served.shutdown();
 }

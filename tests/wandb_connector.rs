@@ -137,7 +137,7 @@ fn a_fatal_status_stops_the_stream_and_is_reported() {
     let standin = StandIn::start();
     let mut host = host(&standin);
     assert!(wait_until(WAIT, || !standin.requests().is_empty()), "the run is created");
-    standin.inject([Fault::Status(403)]);
+    standin.inject([Fault::Status(400)]);
     feed_in_updates(&mut host, 20, 10);
     assert!(wait_until(WAIT, || host.log_text("wandb").contains("W&B refused the data")), "{}", host.log_text("wandb"));
     let sent = standin.requests().len();
@@ -145,7 +145,7 @@ fn a_fatal_status_stops_the_stream_and_is_reported() {
     std::thread::sleep(Duration::from_millis(1500));
     host.stop();
     let log = host.log_text("wandb");
-    assert!(log.contains("HTTP 403") && log.contains("no more data is sent to this run"), "{log}");
+    assert!(log.contains("HTTP 400") && log.contains("no more data is sent to this run"), "{log}");
     assert_eq!(standin.requests().len(), sent, "nothing is sent after a fatal status");
     assert!(!standin.only_run().1.complete);
 }

@@ -33,6 +33,9 @@ pub struct Settings {
     pub authorization: Option<String>,
     pub cors_origin: Option<String>,
     pub step_series: Option<String>,
+    /// Answer a `/query` without `targets` as the original node did (an object of every
+    /// series); `false` answers `[]`, as the JSON datasource's OpenAPI document demands.
+    pub original_untargeted_answer: bool,
 }
 
 thread_local! {
@@ -76,9 +79,9 @@ fn parse_settings(context: &StartContext) -> Result<Settings, String> {
     if let Some(unknown) = config.as_object().and_then(|object| {
         object
             .keys()
-            .find(|key| !["max_points_limit", "default_points", "basic_auth", "bearer_token", "cors_origin"].contains(&key.as_str()))
+            .find(|key| !["max_points_limit", "default_points", "basic_auth", "bearer_token", "cors_origin", "original_untargeted_answer"].contains(&key.as_str()))
     }) {
-        return Err(format!("unknown key `{unknown}` (known: max_points_limit, default_points, basic_auth, bearer_token, cors_origin)"));
+        return Err(format!("unknown key `{unknown}` (known: max_points_limit, default_points, basic_auth, bearer_token, cors_origin, original_untargeted_answer)"));
     }
     Ok(Settings {
         max_points_limit: number("max_points_limit", 10_000)?,
@@ -86,6 +89,11 @@ fn parse_settings(context: &StartContext) -> Result<Settings, String> {
         authorization,
         cors_origin: text("cors_origin")?,
         step_series: context.step_series.clone(),
+        original_untargeted_answer: match config.get("original_untargeted_answer") {
+            None => true,
+            Some(Value::Bool(flag)) => *flag,
+            Some(other) => return Err(format!("`original_untargeted_answer` must be true or false, not {other}")),
+        },
     })
 }
 

@@ -118,7 +118,7 @@ fn history_error(error: HistoryError) -> Answer {
 pub fn query(body: &Value, settings: &Settings) -> Result<Value, Answer> {
     let points = max_points(&body["maxDataPoints"], settings);
     let Some(targets) = body.get("targets") else {
-        return Ok(legacy_answer(points));
+        return Ok(if settings.original_untargeted_answer { legacy_answer(points) } else { json!([]) });
     };
     let Some(targets) = targets.as_array() else {
         return Err(Answer::error(400, "bad_request", "`targets` must be an array"));

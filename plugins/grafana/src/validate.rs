@@ -80,8 +80,24 @@ pub fn request(path: &str, body: &Value) -> Result<(), Answer> {
         }
         "/query" => {
             range(body)?;
+            if let Some(raw) = field(body, "rangeRaw", "rangeRaw", Kind::Object, false)? {
+                raw_time_frame(raw, "rangeRaw")?;
+            }
+            if let Some(panel) = body.get("panelId").filter(|panel| !panel.is_string() && !panel.is_number()) {
+                return Err(Answer::error(400, "bad_request", &format!("`panelId` must be a string or a number, not {}", short(panel))));
+            }
+            field(body, "interval", "interval", Kind::String, false)?;
+            field(body, "scopedVars", "scopedVars", Kind::Object, false)?;
             field(body, "maxDataPoints", "maxDataPoints", Kind::Number, false)?;
             field(body, "intervalMs", "intervalMs", Kind::Number, false)?;
+            for (index, filter) in field(body, "filters", "filters", Kind::Array, false)?.and_then(Value::as_array).into_iter().flatten().enumerate() {
+                if !filter.is_object() {
+                    return Err(Answer::error(400, "bad_request", &format!("`filters[{index}]` must be an object")));
+                }
+                for key in ["key", "operator", "value"] {
+                    field(filter, key, &format!("filters[{index}].{key}"), Kind::String, false)?;
+                }
+            }
             if let Some(targets) = field(body, "targets", "targets", Kind::Array, false)? {
                 for (index, target) in targets.as_array().into_iter().flatten().enumerate() {
                     let at = |key: &str| format!("targets[{index}].{key}");
@@ -102,6 +118,7 @@ pub fn request(path: &str, body: &Value) -> Result<(), Answer> {
         "/variable" => {
             if let Some(payload) = field(body, "payload", "payload", Kind::Object, false)? {
                 field(payload, "target", "payload.target", Kind::String, false)?;
+                field(payload, "variables", "payload.variables", Kind::Object, false)?;
             }
             range(body)?;
         }
@@ -136,7 +153,17 @@ fn range(body: &Value) -> Result<(), Answer> {
                 crate::dates::epoch_ms(value).map_err(|message| Answer::error(400, "bad_range", &format!("range.{key}: {message}")))?;
             }
         }
-        field(range, "raw", "range.raw", Kind::Object, false)?;
+        if let Some(raw) = field(range, "raw", "range.raw", Kind::Object, false)? {
+            raw_time_frame(raw, "range.raw")?;
+        }
+    }
+    Ok(())
+}
+
+/// Grafana's relative range as typed (`now-1h`): two strings.
+fn raw_time_frame(raw: &Value, path: &str) -> Result<(), Answer> {
+    for key in ["from", "to"] {
+        field(raw, key, &format!("{path}.{key}"), Kind::String, false)?;
     }
     Ok(())
 }
