@@ -241,12 +241,13 @@ struct ServedGrafana {
 
 impl ServedGrafana {
     fn start(rows: u64) -> ServedGrafana {
-        let mut host = TestHost::start(&[PluginSpec::new("grafana", connector("grafana"), "[grants]\nlisten = { prefix = \"/grafana\" }\n")]);
+        let mut host =
+            TestHost::start(&[PluginSpec::new("grafana", connector("grafana"), "[grants]\nlisten = { prefix = \"/grafana\" }\n")]);
         host.feed(rows);
         assert!(host.wait_for_cursor("grafana", rows, Duration::from_secs(20)));
         let runtime = tokio::runtime::Runtime::new().unwrap();
         let routes = host.plugins().http_routes();
-        let servers = runtime.block_on(telemetry_host::capabilities::http_server::serve("127.0.0.1:0", routes, 1 << 20)).unwrap();
+        let servers = runtime.block_on(telemetry_host::capabilities::http_server::serve("127.0.0.1:0", routes, 1 << 20, None)).unwrap();
         let base = format!("http://{}/grafana", servers[0].address);
         ServedGrafana { host, runtime, servers, base }
     }

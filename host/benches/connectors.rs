@@ -16,7 +16,6 @@ use telemetry_host::plugins::loader::Runtime;
 use telemetry_host::plugins::manifest::Manifest;
 use telemetry_testkit::{IsolatedPlugin, IsolationOptions, connector, plugins_dir};
 
-const SERIES: usize = 10;
 const SIZES: [usize; 3] = [1_000, 100_000, 1_000_000];
 
 fn fill(history: &mut History, rows: usize) {
@@ -77,7 +76,7 @@ fn file_connector() {
                 .map(|round| {
                     let batch: RowBatch = plugin.history.read().unwrap().batch((rows - 45 + round * 5) as u64, 5);
                     let started = Instant::now();
-                    plugin.update_raw(&batch).unwrap();
+                    plugin.update_raw(batch).unwrap();
                     started.elapsed()
                 })
                 .collect();
@@ -141,7 +140,8 @@ fn grafana_connector() {
     let env = telemetry_host::plugins::plugin_env(&config, &history, &Secrets::default(), &Transport::recording(Default::default()));
     set.add(plugin, env, 0, telemetry_host::plugins::runner_options(&config)).unwrap();
     let tokio = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let servers = tokio.block_on(telemetry_host::capabilities::http_server::serve("127.0.0.1:0", set.http_routes(), 1 << 20)).unwrap();
+    let servers =
+        tokio.block_on(telemetry_host::capabilities::http_server::serve("127.0.0.1:0", set.http_routes(), 1 << 20, None)).unwrap();
     let url = format!("http://{}/grafana/query", servers[0].address);
     let body = serde_json::json!({
         "range": { "from": "2000-01-01T00:00:00.000Z", "to": "2100-01-01T00:00:00.000Z" },
@@ -183,7 +183,7 @@ fn wandb_connector() {
         let started = Instant::now();
         for first in (rows..rows + 100_000).step_by(1000) {
             let batch = plugin.history.read().unwrap().batch(first as u64, 1000);
-            plugin.update_raw(&batch).unwrap();
+            plugin.update_raw(batch).unwrap();
         }
         plugin.stop().unwrap();
         let elapsed = started.elapsed();
@@ -194,7 +194,7 @@ fn wandb_connector() {
             .map(|index| {
                 let batch = down.history.read().unwrap().batch((rows + index * 100) as u64, 100);
                 let started = Instant::now();
-                down.update_raw(&batch).unwrap();
+                down.update_raw(batch).unwrap();
                 started.elapsed()
             })
             .collect();

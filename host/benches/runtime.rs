@@ -58,7 +58,8 @@ fn boundary_cost() {
     fill(&mut plugin.history.write().unwrap(), 100_000);
     for rows in [10u64, 1_000, 10_000, 100_000] {
         let batch = plugin.history.read().unwrap().batch(0, rows);
-        let time = median(21, || plugin.update_raw(&batch).unwrap());
+        let mut copies = vec![batch; 21];
+        let time = median(21, || plugin.update_raw(copies.pop().unwrap()).unwrap());
         println!("| {rows} | {:.1} µs | {:.2} ns |", time.as_secs_f64() * 1e6, time.as_secs_f64() * 1e9 / (rows as f64 * SERIES as f64));
     }
 }
@@ -76,7 +77,7 @@ fn delivery_and_reads_against_history_length() {
         fill(&mut plugin.history.write().unwrap(), target - have);
         let delivery = median(501, || {
             let batch: RowBatch = plugin.history.read().unwrap().batch(target as u64 - 5, 5);
-            plugin.update_raw(&batch).unwrap();
+            plugin.update_raw(batch).unwrap();
         });
         let history = plugin.history.read().unwrap();
         let whole = median(51, || {
@@ -133,12 +134,21 @@ fn memory_with_three_plugins() {
     let before = rss_mb();
     let history = History::new(series_names(&config.telemetry.transforms)).shared();
     let runtime = Runtime::new(Some(config.runtime.cache_dir.clone())).unwrap();
-    let transport = Transport::recording(Default::default());
+    // W&B's side: a loopback server answering every request, so nothing is kept in memory.
+    let tokio = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let listener = tokio.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let wandb_url = format!("http://{}", listener.local_addr().unwrap());
+    let answer = || async { axum::Json(serde_json::json!({ "exitcode": null, "limits": {} })) };
+    tokio.spawn(async move { axum::serve(listener, axum::Router::new().fallback(answer)).await });
+    let transport = Transport::network().unwrap();
     let mut set = PluginSet::empty();
     for name in ["file", "grafana", "wandb"] {
         let mut manifest = Manifest::load(&plugins_dir().join(name).join("plugin.toml")).unwrap();
         if name == "wandb" {
             manifest.config.insert("transmit_interval_s".into(), toml::Value::Float(0.0));
+            manifest.config.insert("base_url".into(), toml::Value::String(wandb_url.clone()));
+            manifest.grants.outbound =
+                vec![telemetry_host::capabilities::outgoing_http::OutboundGrant { url: wandb_url.clone(), credential: None }];
         }
         let plugin = runtime.load(manifest, &config.runtime.data_dir).unwrap();
         let env = telemetry_host::plugins::plugin_env(&config, &history, &Secrets::default(), &transport);

@@ -57,6 +57,13 @@ pub struct HttpConfig {
     /// Largest request body handed to a plugin, in bytes.
     #[serde(default = "default_max_body")]
     pub max_body_bytes: usize,
+    /// Largest body of `POST /v1/samples`, in bytes.
+    #[serde(default = "default_max_ingest")]
+    pub max_ingest_bytes: usize,
+    /// When set, `POST /v1/samples` needs `Authorization: Bearer <token>`. Never
+    /// serialized: the configuration handed to plugins must not carry it.
+    #[serde(default, skip_serializing)]
+    pub ingest_token: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -110,6 +117,9 @@ fn default_listen() -> String {
 fn default_max_body() -> usize {
     1 << 20
 }
+fn default_max_ingest() -> usize {
+    16 << 20
+}
 fn default_cache_dir() -> PathBuf {
     ".telemetry-host/cache".into()
 }
@@ -134,7 +144,12 @@ impl Default for PluginOverride {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { listen: default_listen(), max_body_bytes: default_max_body() }
+        HttpConfig {
+            listen: default_listen(),
+            max_body_bytes: default_max_body(),
+            max_ingest_bytes: default_max_ingest(),
+            ingest_token: None,
+        }
     }
 }
 

@@ -160,7 +160,7 @@ impl IsolatedPlugin {
             return Ok(());
         }
         let rows = batch.timestamps_ms.len() as u64;
-        let result = instance.update(&batch);
+        let result = instance.update(batch);
         match &result {
             Ok(()) => self.cursor += rows,
             Err(CallFailure::Trapped(_)) => self.instance = None,
@@ -170,7 +170,7 @@ impl IsolatedPlugin {
     }
 
     /// Hands `batch` to the plugin as is, without moving the cursor (for benchmarks).
-    pub fn update_raw(&mut self, batch: &crate::history::RowBatch) -> Result<(), CallFailure> {
+    pub fn update_raw(&mut self, batch: crate::history::RowBatch) -> Result<(), CallFailure> {
         let instance = self.instance.as_mut().ok_or_else(|| CallFailure::Trapped("the plugin is not started".into()))?;
         instance.update(batch)
     }

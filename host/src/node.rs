@@ -5,13 +5,14 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 
 use crate::config::HostConfig;
 use crate::history::History;
-use crate::ingest::Ingest;
 use crate::ingest::transforms::series_names;
+use crate::ingest::{Ingest, Outcome, demo_samples, read_ndjson_with};
 use crate::plugins::PluginSet;
 use crate::plugins::loader::Runtime;
 
@@ -30,7 +31,8 @@ pub struct NodeOptions {
     pub config: HostConfig,
     pub plugins_dir: PathBuf,
     pub input: Input,
-    /// Keep serving after the input ends, until SIGINT/SIGTERM.
+    /// Keep serving (and accepting samples over HTTP) after the input ends, until
+    /// SIGINT/SIGTERM.
     pub wait_after_input: bool,
 }
 
@@ -54,13 +56,26 @@ pub fn run(options: NodeOptions) -> Result<RunSummary> {
     let runtime = Runtime::new(Some(config.runtime.cache_dir.clone()))?;
     let plugins = PluginSet::start(&runtime, &options.plugins_dir, &config, &history)?;
     let async_runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let ingest = Arc::new(Mutex::new(Ingest::new(&config.telemetry, history.clone())));
+    let notifiers = plugins.notifiers();
+    let notify_all: Arc<dyn Fn() + Send + Sync> = Arc::new(move || notifiers.iter().for_each(|notifier| notifier.notify()));
+    let samples = crate::ingest::http::router(crate::ingest::http::SampleEndpoint {
+        ingest: ingest.clone(),
+        on_update: notify_all.clone(),
+        token: config.http.ingest_token.clone(),
+        max_body_bytes: config.http.max_ingest_bytes,
+    });
     let servers = async_runtime.block_on(crate::capabilities::http_server::serve(
         &config.http.listen,
         plugins.http_routes(),
         config.http.max_body_bytes,
+        Some(samples),
     ))?;
     for server in &servers {
         tracing::info!("serving {} on http://{}", server.plugins.join(", "), server.address);
+    }
+    if let Some(server) = servers.last() {
+        tracing::info!("samples accepted at http://{}/v1/samples", server.address);
     }
 
     let (events, event) = mpsc::channel();
@@ -72,23 +87,29 @@ pub fn run(options: NodeOptions) -> Result<RunSummary> {
             let _ = events.send(Event::Signal);
         });
     }
-    let ingest = Arc::new(Mutex::new(Ingest::new(&config.telemetry, history.clone())));
     {
-        let (ingest, notifiers, stopping, input) = (ingest.clone(), plugins.notifiers(), stopping.clone(), options.input.clone());
+        let (ingest, stopping, input, notify) = (ingest.clone(), stopping.clone(), options.input.clone(), notify_all.clone());
         std::thread::Builder::new().name("ingest".into()).spawn(move || {
-            let mut ingest = ingest.lock().expect("ingest lock");
-            let notify = || notifiers.iter().for_each(|notifier| notifier.notify());
+            let accept = |line: &[u8], at: &str| ingest.lock().expect("ingest lock").accept_line(line, at);
             let result = match input {
-                Input::Stdin => ingest.read_ndjson(std::io::stdin().lock(), "stdin", notify).context("reading stdin"),
+                Input::Stdin => read_ndjson_with(std::io::stdin().lock(), "stdin", accept, || notify()).context("reading stdin"),
                 Input::File(path) => {
                     std::fs::File::open(&path).with_context(|| format!("cannot open input {}", path.display())).and_then(|file| {
-                        ingest
-                            .read_ndjson(BufReader::new(file), &path.display().to_string(), notify)
+                        read_ndjson_with(BufReader::new(file), &path.display().to_string(), accept, || notify())
                             .with_context(|| format!("reading {}", path.display()))
                     })
                 }
                 Input::Demo { per_second } => {
-                    ingest.run_demo(per_second, notify, || !stopping.load(Ordering::Relaxed));
+                    let pause = Duration::from_secs_f64(1.0 / f64::from(per_second.max(1)));
+                    for sample in demo_samples() {
+                        if stopping.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        if let Outcome::Accepted { update_due: true } = ingest.lock().expect("ingest lock").accept(&sample, "demo") {
+                            notify();
+                        }
+                        std::thread::sleep(pause);
+                    }
                     Ok(())
                 }
             };
@@ -113,12 +134,9 @@ pub fn run(options: NodeOptions) -> Result<RunSummary> {
     }
     stopping.store(true, Ordering::Relaxed);
     plugins.notify_all();
-    let (accepted, refused) = match ingest.try_lock() {
-        Ok(ingest) => (ingest.accepted, ingest.refused),
-        Err(_) => {
-            let rows = history.read().expect("history lock").row_count();
-            (rows, 0)
-        }
+    let (accepted, refused) = {
+        let ingest = ingest.lock().expect("ingest lock");
+        (ingest.accepted, ingest.refused)
     };
     let failed_plugins = plugins.failed.clone();
     let stats: Vec<_> = plugins.runners.iter().map(|runner| (runner.name.clone(), runner.stats.clone())).collect();

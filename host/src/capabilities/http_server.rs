@@ -48,9 +48,15 @@ impl BoundServer {
     }
 }
 
-/// Binds one server for all prefix routes (on `host_listen`) and one per plugin with an
-/// address of its own. Must run inside a tokio runtime.
-pub async fn serve(host_listen: &str, grants: Vec<(ListenGrant, HttpEndpoint)>, max_body_bytes: usize) -> Result<Vec<BoundServer>> {
+/// Binds the host's server on `host_listen` (its own routes, `host_routes`, and every
+/// plugin granted a prefix) and one server per plugin with an address of its own. Must
+/// run inside a tokio runtime.
+pub async fn serve(
+    host_listen: &str,
+    grants: Vec<(ListenGrant, HttpEndpoint)>,
+    max_body_bytes: usize,
+    host_routes: Option<axum::Router>,
+) -> Result<Vec<BoundServer>> {
     let mut shared = Vec::new();
     let mut servers = Vec::new();
     for (grant, endpoint) in grants {
@@ -59,7 +65,7 @@ pub async fn serve(host_listen: &str, grants: Vec<(ListenGrant, HttpEndpoint)>, 
             (None, Some(address)) => {
                 let plugin = endpoint.plugin.clone();
                 let routes = vec![Route { prefix: String::new(), endpoint }];
-                let server = bind(&address, routes, max_body_bytes)
+                let server = bind(&address, routes, max_body_bytes, None)
                     .await
                     .with_context(|| format!("plugin `{plugin}`: cannot listen on {address}"))?;
                 servers.push(server);
@@ -67,16 +73,17 @@ pub async fn serve(host_listen: &str, grants: Vec<(ListenGrant, HttpEndpoint)>, 
             (None, None) => {}
         }
     }
-    if !shared.is_empty() {
+    if !shared.is_empty() || host_routes.is_some() {
         shared.sort_by_key(|route| std::cmp::Reverse(route.prefix.len()));
-        servers.push(
-            bind(host_listen, shared, max_body_bytes).await.with_context(|| format!("cannot listen on {host_listen} (http.listen)"))?,
-        );
+        let server = bind(host_listen, shared, max_body_bytes, host_routes)
+            .await
+            .with_context(|| format!("cannot listen on {host_listen} (http.listen)"))?;
+        servers.push(server);
     }
     Ok(servers)
 }
 
-async fn bind(address: &str, routes: Vec<Route>, max_body_bytes: usize) -> Result<BoundServer> {
+async fn bind(address: &str, routes: Vec<Route>, max_body_bytes: usize, host_routes: Option<axum::Router>) -> Result<BoundServer> {
     let listener = tokio::net::TcpListener::bind(address).await?;
     let address = listener.local_addr()?;
     let plugins = routes
@@ -86,7 +93,7 @@ async fn bind(address: &str, routes: Vec<Route>, max_body_bytes: usize) -> Resul
         })
         .collect();
     let state = Routes { routes: Arc::new(routes), max_body_bytes };
-    let app = axum::Router::new().fallback(forward).with_state(state);
+    let app = host_routes.unwrap_or_default().merge(axum::Router::new().fallback(forward).with_state(state));
     let (shutdown, mut stopped) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(async move {
         let server = axum::serve(listener, app).with_graceful_shutdown(async move {

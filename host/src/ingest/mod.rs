@@ -1,11 +1,12 @@
 //! Telemetry in: samples (JSON objects) become rows of the history. For now from NDJSON
 //! (a file or stdin) or a built-in demo generator.
 
+pub mod http;
 pub mod transforms;
 
 use std::collections::HashMap;
 use std::io::BufRead;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
@@ -99,43 +100,8 @@ impl Ingest {
 
     /// Reads NDJSON until the end of `reader`, calling `on_update` at every update
     /// interval and once at the end.
-    pub fn read_ndjson(&mut self, reader: impl BufRead, origin: &str, mut on_update: impl FnMut()) -> std::io::Result<()> {
-        for (index, line) in reader.split(b'\n').enumerate() {
-            let line = line?;
-            let line = line.strip_suffix(b"\r").unwrap_or(&line);
-            if line.iter().all(u8::is_ascii_whitespace) {
-                continue;
-            }
-            if let Outcome::Accepted { update_due: true } = self.accept_line(line, &format!("{origin}:{}", index + 1)) {
-                on_update();
-            }
-        }
-        on_update();
-        Ok(())
-    }
-
-    /// Generates episodes of a fake training run forever, `per_second` samples a second.
-    pub fn run_demo(&mut self, per_second: u32, mut on_update: impl FnMut(), mut keep_going: impl FnMut() -> bool) {
-        let mut episode = 0u64;
-        let mut total_steps = 0u64;
-        let pause = Duration::from_secs_f64(1.0 / f64::from(per_second.max(1)));
-        while keep_going() {
-            episode += 1;
-            let progress = 1.0 - (-(episode as f64) / 500.0).exp();
-            let noise = ((episode as f64 * 12.9898).sin() * 43758.5453).fract();
-            let steps = 200 + (noise.abs() * 300.0) as u64;
-            total_steps += steps;
-            let sample = serde_json::json!({
-                "ep_reward": -100.0 + 400.0 * progress + 80.0 * noise,
-                "ep_steps": steps,
-                "total_steps": total_steps,
-                "model_id": episode / 10,
-            });
-            if let Outcome::Accepted { update_due: true } = self.accept(&sample, "demo") {
-                on_update();
-            }
-            std::thread::sleep(pause);
-        }
+    pub fn read_ndjson(&mut self, reader: impl BufRead, origin: &str, on_update: impl FnMut()) -> std::io::Result<()> {
+        read_ndjson_with(reader, origin, |line, at| self.accept_line(line, at), on_update)
     }
 
     /// How many samples or values failed, by kind of fault.
@@ -175,6 +141,46 @@ impl Ingest {
             .collect();
         tracing::info!(rows = last + 1, "{}", fields.join(" | "));
     }
+}
+
+/// Reads NDJSON lines until the end of `reader`, handing each to `accept` (which may lock
+/// an ingest shared with other inputs one line at a time) and calling `on_update` at every
+/// update interval and once at the end.
+pub fn read_ndjson_with(
+    reader: impl BufRead,
+    origin: &str,
+    mut accept: impl FnMut(&[u8], &str) -> Outcome,
+    mut on_update: impl FnMut(),
+) -> std::io::Result<()> {
+    for (index, line) in reader.split(b'\n').enumerate() {
+        let line = line?;
+        let line = line.strip_suffix(b"\r").unwrap_or(&line);
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        if let Outcome::Accepted { update_due: true } = accept(line, &format!("{origin}:{}", index + 1)) {
+            on_update();
+        }
+    }
+    on_update();
+    Ok(())
+}
+
+/// Samples of a fake training run, one episode each, forever.
+pub fn demo_samples() -> impl Iterator<Item = Value> {
+    let mut total_steps = 0u64;
+    (1u64..).map(move |episode| {
+        let progress = 1.0 - (-(episode as f64) / 500.0).exp();
+        let noise = ((episode as f64 * 12.9898).sin() * 43758.5453).fract();
+        let steps = 200 + (noise.abs() * 300.0) as u64;
+        total_steps += steps;
+        serde_json::json!({
+            "ep_reward": -100.0 + 400.0 * progress + 80.0 * noise,
+            "ep_steps": steps,
+            "total_steps": total_steps,
+            "model_id": episode / 10,
+        })
+    })
 }
 
 fn fault_kind(fault: &Fault) -> String {

@@ -124,8 +124,9 @@ impl Instance {
         self.finish(result)
     }
 
-    pub fn update(&mut self, batch: &RowBatch) -> Result<(), CallFailure> {
-        let rows = Rows { first_row: batch.first_row, timestamps_ms: batch.timestamps_ms.clone(), columns: batch.columns.clone() };
+    /// Hands the rows over; the batch is moved into the call, never copied on the host.
+    pub fn update(&mut self, batch: RowBatch) -> Result<(), CallFailure> {
+        let rows = Rows { first_row: batch.first_row, timestamps_ms: batch.timestamps_ms, columns: batch.columns };
         self.arm_deadline();
         let connector = self.connector.clone();
         let result = connector.call_update(&mut self.store, &rows);

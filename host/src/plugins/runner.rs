@@ -255,7 +255,7 @@ impl Worker {
                 history.batch(cursor, self.options.max_batch_rows)
             };
             let rows = batch.timestamps_ms.len() as u64;
-            match self.timed(|| instance.update(&batch)) {
+            match self.timed(|| instance.update(batch)) {
                 Ok(()) => {
                     self.stats.cursor.store(cursor + rows, Ordering::Release);
                     self.stats.rows_delivered.fetch_add(rows, Ordering::Relaxed);
@@ -287,7 +287,7 @@ impl Worker {
             timestamps_ms: Vec::new(),
             columns: vec![Vec::new(); self.env.history.read().expect("history lock").series_names().len()],
         };
-        match self.timed(|| instance.update(&batch)) {
+        match self.timed(|| instance.update(batch)) {
             Ok(()) | Err(CallFailure::Plugin(_)) => Delivery::UpToDate,
             Err(failure) => {
                 self.fail(&failure, "update");
@@ -301,7 +301,8 @@ impl Worker {
         for _ in 0..3 {
             match self.deliver(instance) {
                 Delivery::UpToDate => break,
-                Delivery::RetryLater => std::thread::sleep(self.backoff()),
+                // Shutting down: short waits, the whole stop must stay bounded.
+                Delivery::RetryLater => std::thread::sleep(self.backoff().min(Duration::from_secs(2))),
                 Delivery::InstanceLost => return,
             }
         }

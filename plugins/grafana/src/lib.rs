@@ -77,11 +77,14 @@ fn parse_settings(context: &StartContext) -> Result<Settings, String> {
         (None, None) => None,
     };
     if let Some(unknown) = config.as_object().and_then(|object| {
-        object
-            .keys()
-            .find(|key| !["max_points_limit", "default_points", "basic_auth", "bearer_token", "cors_origin", "original_untargeted_answer"].contains(&key.as_str()))
+        object.keys().find(|key| {
+            !["max_points_limit", "default_points", "basic_auth", "bearer_token", "cors_origin", "original_untargeted_answer"]
+                .contains(&key.as_str())
+        })
     }) {
-        return Err(format!("unknown key `{unknown}` (known: max_points_limit, default_points, basic_auth, bearer_token, cors_origin, original_untargeted_answer)"));
+        return Err(format!(
+            "unknown key `{unknown}` (known: max_points_limit, default_points, basic_auth, bearer_token, cors_origin, original_untargeted_answer)"
+        ));
     }
     Ok(Settings {
         max_points_limit: number("max_points_limit", 10_000)?,

@@ -90,7 +90,9 @@ pub fn request(path: &str, body: &Value) -> Result<(), Answer> {
             field(body, "scopedVars", "scopedVars", Kind::Object, false)?;
             field(body, "maxDataPoints", "maxDataPoints", Kind::Number, false)?;
             field(body, "intervalMs", "intervalMs", Kind::Number, false)?;
-            for (index, filter) in field(body, "filters", "filters", Kind::Array, false)?.and_then(Value::as_array).into_iter().flatten().enumerate() {
+            for (index, filter) in
+                field(body, "filters", "filters", Kind::Array, false)?.and_then(Value::as_array).into_iter().flatten().enumerate()
+            {
                 if !filter.is_object() {
                     return Err(Answer::error(400, "bad_request", &format!("`filters[{index}]` must be an object")));
                 }
