@@ -7,6 +7,7 @@
 //! - [`plugins`]: manifests, loading, instances, runners;
 //! - [`capabilities`]: what a plugin may be granted, one module each;
 //! - [`node`]: the `run` command tying them together;
+//! - [`metrics`]: the host's own figures for Prometheus;
 //! - [`isolation`]: one plugin alone, for `plugin test` and the test kit.
 
 pub mod bindings;
@@ -15,5 +16,6 @@ pub mod config;
 pub mod history;
 pub mod ingest;
 pub mod isolation;
+pub mod metrics;
 pub mod node;
 pub mod plugins;

@@ -65,17 +65,22 @@ pub fn run(options: NodeOptions) -> Result<RunSummary> {
         token: config.http.ingest_token.clone(),
         max_body_bytes: config.http.max_ingest_bytes,
     });
+    let figures = crate::metrics::router(crate::metrics::HostFigures {
+        ingest: ingest.clone(),
+        history: history.clone(),
+        plugins: plugins.runners.iter().map(|runner| (runner.name.clone(), runner.stats.clone())).collect(),
+    });
     let servers = async_runtime.block_on(crate::capabilities::http_server::serve(
         &config.http.listen,
         plugins.http_routes(),
         config.http.max_body_bytes,
-        Some(samples),
+        Some(samples.merge(figures)),
     ))?;
     for server in &servers {
         tracing::info!("serving {} on http://{}", server.plugins.join(", "), server.address);
     }
     if let Some(server) = servers.last() {
-        tracing::info!("samples accepted at http://{}/v1/samples", server.address);
+        tracing::info!("samples accepted at http://{0}/v1/samples, figures at http://{0}/metrics", server.address);
     }
 
     let (events, event) = mpsc::channel();

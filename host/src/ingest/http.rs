@@ -45,22 +45,21 @@ async fn accept(State(endpoint): State<SampleEndpoint>, headers: HeaderMap, body
     let endpoint = endpoint.clone();
     // Parsing and storing are CPU work: keep them off the async workers.
     let result = tokio::task::spawn_blocking(move || store(&endpoint, &body)).await;
-    match result {
-        Ok(Ok(answer)) => answer,
-        Ok(Err(answer)) => answer,
-        Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "ingest failed"),
-    }
+    result.unwrap_or_else(|_| error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "ingest failed"))
 }
 
-fn store(endpoint: &SampleEndpoint, body: &[u8]) -> Result<Response, Response> {
-    let text = std::str::from_utf8(body)
-        .map_err(|problem| error(StatusCode::BAD_REQUEST, "invalid_utf8", &format!("the body is not UTF-8: {problem}")))?;
+fn store(endpoint: &SampleEndpoint, body: &[u8]) -> Response {
+    let text = match std::str::from_utf8(body) {
+        Ok(text) => text,
+        Err(problem) => return error(StatusCode::BAD_REQUEST, "invalid_utf8", &format!("the body is not UTF-8: {problem}")),
+    };
     let mut accepted = 0u64;
     let mut refused = Vec::new();
     let mut update_due = false;
     {
-        let mut ingest =
-            endpoint.ingest.lock().map_err(|_| error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "ingest is unavailable"))?;
+        let Ok(mut ingest) = endpoint.ingest.lock() else {
+            return error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "ingest is unavailable");
+        };
         let mut record = |outcome: Outcome, place: Value| match outcome {
             Outcome::Accepted { update_due: due } => {
                 accepted += 1;
@@ -77,7 +76,7 @@ fn store(endpoint: &SampleEndpoint, body: &[u8]) -> Result<Response, Response> {
             }
             Ok(sample) => record(ingest.accept(&sample, "sample"), json!({ "index": 0 })),
             Err(_) if trimmed.starts_with('[') => {
-                return Err(error(StatusCode::BAD_REQUEST, "invalid_json", "the body starts like a JSON array but is not valid JSON"));
+                return error(StatusCode::BAD_REQUEST, "invalid_json", "the body starts like a JSON array but is not valid JSON");
             }
             Err(_) => {
                 for (index, line) in text.split('\n').enumerate() {
@@ -96,5 +95,5 @@ fn store(endpoint: &SampleEndpoint, body: &[u8]) -> Result<Response, Response> {
     let status = if refused.is_empty() { StatusCode::OK } else { StatusCode::BAD_REQUEST };
     let message =
         if refused.is_empty() { format!("{accepted} accepted") } else { format!("{accepted} accepted, {} refused", refused.len()) };
-    Ok((status, axum::Json(json!({ "accepted": accepted, "refused": refused, "message": message }))).into_response())
+    (status, axum::Json(json!({ "accepted": accepted, "refused": refused, "message": message }))).into_response()
 }

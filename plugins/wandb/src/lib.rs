@@ -465,14 +465,20 @@ impl Guest for Wandb {
                         stream.dropped_rows
                     )));
                 }
-                if stream.queue.len() + batch.timestamps_ms.len() > stream.settings.max_queue_rows {
-                    stream.pump(false, deadline);
-                    if stream.queue.len() + batch.timestamps_ms.len() > stream.settings.max_queue_rows {
-                        return Err(ConnectorError::Unavailable(format!(
-                            "W&B is not taking data; {} rows queued (max_queue_rows); the host keeps the rest",
-                            stream.queue.len()
-                        )));
-                    }
+                // A full queue while W&B answers: send at the allowed rate until there is room
+                // (within the request deadline); while W&B is down, hand the rows back. An
+                // empty queue takes any batch, however large.
+                let full = |stream: &Stream| {
+                    !stream.queue.is_empty() && stream.queue.len() + batch.timestamps_ms.len() > stream.settings.max_queue_rows
+                };
+                while full(stream) && stream.fatal.is_none() && stream.not_before.is_none() && Instant::now() < deadline {
+                    stream.pump(true, deadline);
+                }
+                if full(stream) {
+                    return Err(ConnectorError::Unavailable(format!(
+                        "W&B is not taking data; {} rows queued (max_queue_rows); the host keeps the rest",
+                        stream.queue.len()
+                    )));
                 }
                 stream.enqueue(&batch);
             }
