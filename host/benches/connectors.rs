@@ -82,6 +82,7 @@ fn file_connector() {
                 .collect();
             figures.push(median(times));
             if plot {
+                plugin.skip_to(rows as u64);
                 let started = Instant::now();
                 plugin.stop().unwrap();
                 figures.push(started.elapsed());
@@ -126,6 +127,26 @@ async fn load(url: String, body: String, connections: usize, duration: Duration)
     (all.len() as f64 / duration.as_secs_f64(), percentile(0.5), percentile(0.99))
 }
 
+/// wrk's requests per second, p50 and p99 from its `--latency` report.
+fn run_wrk(url: &str, script: &std::path::Path) -> (f64, Duration, Duration) {
+    let output = std::process::Command::new("wrk").args(["-t2", "-c8", "-d5s", "--latency", "-s"]).arg(script).arg(url).output().unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    let field =
+        |prefix: &str| text.lines().map(str::trim).find_map(|line| line.strip_prefix(prefix)).map(str::trim).unwrap_or("0").to_string();
+    let duration = |value: String| {
+        let (number, unit) = value.split_at(value.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(value.len()));
+        let number: f64 = number.parse().unwrap_or(0.0);
+        Duration::from_secs_f64(match unit {
+            "us" => number / 1e6,
+            "ms" => number / 1e3,
+            "s" => number,
+            _ => 0.0,
+        })
+    };
+    assert!(!text.contains("Non-2xx"), "wrk saw errors:\n{text}");
+    (field("Requests/sec:").parse().unwrap_or(0.0), duration(field("50%")), duration(field("99%")))
+}
+
 fn grafana_connector() {
     println!("\n## grafana: POST /query, one target, maxDataPoints 1000 over the whole run, 8 connections, 5 s");
     println!("| rows of history | requests/s | p50 | p99 |");
@@ -148,10 +169,19 @@ fn grafana_connector() {
         "maxDataPoints": 1000, "intervalMs": 1000, "targets": [{ "target": "rewards", "refId": "A" }],
     })
     .to_string();
+    let script = root.path().join("query.lua");
+    std::fs::write(&script, format!("wrk.method = \"POST\"\nwrk.headers[\"Content-Type\"] = \"application/json\"\nwrk.body = {body:?}\n"))
+        .unwrap();
+    let wrk = std::process::Command::new("wrk").arg("--version").output().is_ok();
+    println!(
+        "(load generator: {})",
+        if wrk { "wrk -t2 -c8 -d5s, a separate process" } else { "an in-process Rust client (install wrk for a lighter one)" }
+    );
     for rows in SIZES {
         let have = history.read().unwrap().row_count() as usize;
         fill(&mut history.write().unwrap(), rows - have);
-        let (rate, p50, p99) = tokio.block_on(load(url.clone(), body.clone(), 8, Duration::from_secs(5)));
+        let (rate, p50, p99) =
+            if wrk { run_wrk(&url, &script) } else { tokio.block_on(load(url.clone(), body.clone(), 8, Duration::from_secs(5))) };
         println!("| {rows} | {rate:.0} | {} | {} |", ms(p50), ms(p99));
     }
     println!("(the original: 105-180 requests/s, p99 80-230 ms)");
@@ -163,10 +193,16 @@ fn grafana_connector() {
     set.stop_all();
 }
 
-fn wandb_plugin(status: u16) -> IsolatedPlugin {
+/// A W&B plugin whose stand-in answers `200 {}` to the first `healthy` requests and
+/// `status` to the others.
+fn wandb_plugin(healthy: usize, status: u16) -> IsolatedPlugin {
+    let answered = std::sync::atomic::AtomicUsize::new(0);
     let options = IsolationOptions {
-        plugin_config: toml::from_str("transmit_interval_s = 0\nstop_timeout_s = 0\nmax_queue_rows = 2000000\n").unwrap(),
-        responder: Some(Arc::new(move |_| Response { status, headers: Vec::new(), body: b"{}".to_vec() })),
+        plugin_config: toml::from_str("transmit_interval_s = 0\nstop_timeout_s = 60\nmax_queue_rows = 2000000\n").unwrap(),
+        responder: Some(Arc::new(move |_| {
+            let count = answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Response { status: if count < healthy { 200 } else { status }, headers: Vec::new(), body: b"{}".to_vec() }
+        })),
         ..IsolationOptions::default()
     };
     IsolatedPlugin::load(&connector("wandb"), options).unwrap()
@@ -177,7 +213,7 @@ fn wandb_connector() {
     println!("| rows of history before | rows sent | time | rows/s | update while W&B answers 503 (100 rows) |");
     println!("|---|---|---|---|---|");
     for rows in [1_000usize, 1_000_000] {
-        let mut plugin = wandb_plugin(200);
+        let mut plugin = wandb_plugin(usize::MAX, 200);
         plugin.start().unwrap();
         fill(&mut plugin.history.write().unwrap(), rows + 100_000);
         let started = Instant::now();
@@ -185,9 +221,11 @@ fn wandb_connector() {
             let batch = plugin.history.read().unwrap().batch(first as u64, 1000);
             plugin.update_raw(batch).unwrap();
         }
+        plugin.skip_to((rows + 100_000) as u64);
         plugin.stop().unwrap();
         let elapsed = started.elapsed();
-        let mut down = wandb_plugin(503);
+        // Up for the run's creation, then down.
+        let mut down = wandb_plugin(1, 503);
         down.start().unwrap();
         fill(&mut down.history.write().unwrap(), rows + 10_000);
         let times = (0..50)

@@ -162,8 +162,13 @@ fn memory_with_three_plugins() {
     }
     let all = history.read().unwrap().row_count();
     for runner in &set.runners {
+        let waiting = Instant::now();
         while runner.stats.cursor.load(Ordering::Acquire) < all {
             std::thread::sleep(Duration::from_millis(20));
+            if waiting.elapsed() > Duration::from_secs(120) {
+                let failure = runner.stats.last_failure.lock().unwrap().clone();
+                panic!("{} is stuck at row {} of {all}: {failure:?}", runner.name, runner.stats.cursor.load(Ordering::Acquire));
+            }
         }
     }
     let elapsed = started.elapsed();

@@ -23,6 +23,9 @@ use crate::plugins::instance::{CallFailure, Instance, PluginEnv};
 use crate::plugins::loader::{LoadedPlugin, Runtime};
 use crate::plugins::manifest::{self, Access, DataDirGrant, ListenGrant, Manifest};
 
+/// Most rows in one update, as the host's default `runtime.max_batch_rows`.
+const MAX_BATCH_ROWS: u64 = 65_536;
+
 /// How to run the plugin.
 pub struct IsolationOptions {
     /// Transforms and other host settings; the built-in default if not changed.
@@ -152,21 +155,32 @@ impl IsolatedPlugin {
         self.ingest.refused - refused
     }
 
-    /// Delivers every row past the cursor in one update.
+    /// Delivers every row past the cursor, in batches of at most `MAX_BATCH_ROWS` as the
+    /// host's runners do.
     pub fn deliver(&mut self) -> Result<(), CallFailure> {
-        let instance = self.instance.as_mut().ok_or_else(|| CallFailure::Trapped("the plugin is not started".into()))?;
-        let batch = self.history.read().expect("history lock").batch(self.cursor, u64::MAX);
-        if batch.timestamps_ms.is_empty() {
-            return Ok(());
+        loop {
+            let instance = self.instance.as_mut().ok_or_else(|| CallFailure::Trapped("the plugin is not started".into()))?;
+            let batch = self.history.read().expect("history lock").batch(self.cursor, MAX_BATCH_ROWS);
+            if batch.timestamps_ms.is_empty() {
+                return Ok(());
+            }
+            let rows = batch.timestamps_ms.len() as u64;
+            match instance.update(batch) {
+                Ok(()) => self.cursor += rows,
+                Err(failure) => {
+                    if let CallFailure::Trapped(_) = failure {
+                        self.instance = None;
+                    }
+                    return Err(failure);
+                }
+            }
         }
-        let rows = batch.timestamps_ms.len() as u64;
-        let result = instance.update(batch);
-        match &result {
-            Ok(()) => self.cursor += rows,
-            Err(CallFailure::Trapped(_)) => self.instance = None,
-            Err(_) => {}
-        }
-        result
+    }
+
+    /// Treats the rows before `row` as delivered, as a plugin resumed at `row` would (for
+    /// benchmarks and tests that start a plugin late in a long history).
+    pub fn skip_to(&mut self, row: u64) {
+        self.cursor = row;
     }
 
     /// Hands `batch` to the plugin as is, without moving the cursor (for benchmarks).

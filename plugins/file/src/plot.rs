@@ -148,7 +148,7 @@ pub fn draw(settings: &PlotSettings, dir: &Path) -> Result<(), String> {
     let mut encoder = png::Encoder::new(BufWriter::new(file), settings.width, settings.height);
     encoder.set_color(png::ColorType::Rgb);
     encoder.set_depth(png::BitDepth::Eight);
-    encoder.set_compression(png::Compression::Fast);
+    encoder.set_compression(png::Compression::Fastest);
     let mut writer = encoder.write_header().map_err(|error| error.to_string())?;
     writer.write_image_data(&buffer).map_err(|error| error.to_string())?;
     writer.finish().map_err(|error| error.to_string())?;

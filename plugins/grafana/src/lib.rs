@@ -238,10 +238,15 @@ fn route(request: &Request, settings: &Settings) -> Answer {
     if let Err(answer) = validate::request(path, &body).and_then(|()| if absent { Ok(()) } else { validate::required(path, &body) }) {
         return answer;
     }
+    if path == "/query" {
+        return match query::query(&body, settings) {
+            Ok(text) => Answer::json_text(200, text),
+            Err(answer) => answer,
+        };
+    }
     let result = match path {
         "/metrics" => Ok(query::metrics(settings)),
         "/metric-payload-options" => Ok(query::payload_options(&body, settings)),
-        "/query" => query::query(&body, settings),
         "/variable" => query::variable(&body),
         "/tag-keys" => Ok(json!([{ "type": "string", "text": "series" }])),
         "/tag-values" => Ok(query::tag_values()),
