@@ -138,8 +138,13 @@ fn memory_with_three_plugins() {
     let tokio = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     let listener = tokio.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
     let wandb_url = format!("http://{}", listener.local_addr().unwrap());
-    let answer = || async { axum::Json(serde_json::json!({ "exitcode": null, "limits": {} })) };
-    tokio.spawn(async move { axum::serve(listener, axum::Router::new().fallback(answer)).await });
+    // It reads every body (W&B requests run to 8 MiB) before answering.
+    let answer = |body: axum::body::Bytes| async move {
+        std::hint::black_box(body.len());
+        axum::Json(serde_json::json!({ "exitcode": null, "limits": {} }))
+    };
+    let app = axum::Router::new().fallback(answer).layer(axum::extract::DefaultBodyLimit::disable());
+    tokio.spawn(async move { axum::serve(listener, app).await });
     let transport = Transport::network().unwrap();
     let mut set = PluginSet::empty();
     for name in ["file", "grafana", "wandb"] {

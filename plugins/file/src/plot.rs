@@ -74,6 +74,20 @@ fn curve(settings: &PlotSettings, ykey: &str, budget: u32) -> Result<Curve, Stri
     Ok(Curve { name: ykey.to_string(), points, settled_from: window.saturating_sub(1) })
 }
 
+/// Axis labels that fit: 250000000 as 250M, 12500 as 12.5k, small numbers as they are.
+fn short_number(value: f64) -> String {
+    let magnitude = value.abs();
+    let (scaled, suffix) = match magnitude {
+        _ if magnitude >= 1e9 => (value / 1e9, "G"),
+        _ if magnitude >= 1e6 => (value / 1e6, "M"),
+        _ if magnitude >= 1e4 => (value / 1e3, "k"),
+        _ => (value, ""),
+    };
+    let text = if suffix.is_empty() && magnitude < 10.0 { format!("{scaled:.3}") } else { format!("{scaled:.1}") };
+    let text = if text.contains('.') { text.trim_end_matches('0').trim_end_matches('.').to_string() } else { text };
+    format!("{text}{suffix}")
+}
+
 fn limits(values: impl Iterator<Item = (f64, f64)>) -> (f64, f64) {
     let (low, high) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(low, high), (a, b)| (low.min(a), high.max(b)));
     if !low.is_finite() || !high.is_finite() {
@@ -101,6 +115,8 @@ fn draw_curve<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, curve: &Curve, 
         .y_desc(&curve.name)
         .x_labels(6)
         .y_labels(6)
+        .x_label_formatter(&|value| short_number(*value))
+        .y_label_formatter(&|value| short_number(*value))
         .label_style(("sans-serif", 12))
         .light_line_style(WHITE.mix(0.0))
         .draw()
