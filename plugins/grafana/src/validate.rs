@@ -12,7 +12,7 @@ pub enum Kind {
     Bool,
     Object,
     Array,
-    /// An RFC 3339 string or epoch milliseconds.
+    /// An RFC 3339 string.
     Date,
 }
 
@@ -24,7 +24,7 @@ impl Kind {
             Kind::Bool => value.is_boolean(),
             Kind::Object => value.is_object(),
             Kind::Array => value.is_array(),
-            Kind::Date => value.is_string() || value.is_i64() || value.is_u64(),
+            Kind::Date => value.is_string(),
         }
     }
 
@@ -35,7 +35,7 @@ impl Kind {
             Kind::Bool => "a boolean",
             Kind::Object => "an object",
             Kind::Array => "an array",
-            Kind::Date => "an RFC 3339 date or epoch milliseconds",
+            Kind::Date => "an RFC 3339 date",
         }
     }
 }
