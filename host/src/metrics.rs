@@ -30,6 +30,15 @@ fn label(value: &str) -> String {
     value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
+/// One metric family: its HELP and TYPE lines followed by all its samples, as the
+/// exposition format wants them grouped.
+fn family(text: &mut String, name: &str, kind: &str, help: &str, samples: &[(String, f64)]) {
+    let _ = writeln!(text, "# HELP telemetry_{name} {help}\n# TYPE telemetry_{name} {kind}");
+    for (labels, value) in samples {
+        let _ = writeln!(text, "telemetry_{name}{labels} {value}");
+    }
+}
+
 pub fn render(figures: &HostFigures) -> String {
     let mut text = String::new();
     let rows = figures.history.read().map(|history| history.row_count()).unwrap_or(0);
@@ -40,43 +49,39 @@ pub fn render(figures: &HostFigures) -> String {
         Err(_) => (0, 0, Vec::new()),
     };
     faults.sort();
-    let mut family = |name: &str, kind: &str, help: &str| {
-        let _ = writeln!(text, "# HELP telemetry_{name} {help}\n# TYPE telemetry_{name} {kind}");
-    };
-    family("samples_accepted_total", "counter", "Samples stored as rows.");
-    family("samples_refused_total", "counter", "Samples refused (malformed, unreadable).");
-    family("sample_faults_total", "counter", "Faults by kind; a sample may have several.");
-    family("rows_stored", "gauge", "Rows in the history.");
-    family("plugin_rows_delivered_total", "counter", "Rows each plugin acknowledged.");
-    family("plugin_rows_rejected_total", "counter", "Rows a plugin refused to take.");
-    family("plugin_cursor_lag_rows", "gauge", "Rows stored but not yet delivered to the plugin.");
-    family("plugin_calls_total", "counter", "Calls into the plugin.");
-    family("plugin_call_seconds_total", "counter", "Time spent in calls into the plugin.");
-    family("plugin_traps_total", "counter", "Traps (panics, time or memory limits).");
-    family("plugin_restarts_total", "counter", "Instances replaced after a failure.");
-    family("plugin_denied_total", "counter", "Capability uses refused (outgoing requests to ungranted hosts).");
-    let _ = writeln!(text, "telemetry_samples_accepted_total {accepted}");
-    let _ = writeln!(text, "telemetry_samples_refused_total {refused}");
-    for (kind, count) in faults {
-        let _ = writeln!(text, "telemetry_sample_faults_total{{kind=\"{}\"}} {count}", label(&kind));
-    }
-    let _ = writeln!(text, "telemetry_rows_stored {rows}");
-    for (name, stats) in &figures.plugins {
-        let plugin = label(name);
-        let cursor = stats.cursor.load(Ordering::Relaxed);
-        let lines = [
-            ("plugin_rows_delivered_total", stats.rows_delivered.load(Ordering::Relaxed) as f64),
-            ("plugin_rows_rejected_total", stats.rows_rejected.load(Ordering::Relaxed) as f64),
-            ("plugin_cursor_lag_rows", rows.saturating_sub(cursor) as f64),
-            ("plugin_calls_total", stats.calls.load(Ordering::Relaxed) as f64),
-            ("plugin_call_seconds_total", stats.call_nanos.load(Ordering::Relaxed) as f64 / 1e9),
-            ("plugin_traps_total", stats.traps.load(Ordering::Relaxed) as f64),
-            ("plugin_restarts_total", stats.restarts.load(Ordering::Relaxed) as f64),
-            ("plugin_denied_total", stats.denied.load(Ordering::Relaxed) as f64),
-        ];
-        for (metric, value) in lines {
-            let _ = writeln!(text, "telemetry_{metric}{{plugin=\"{plugin}\"}} {value}");
-        }
+    let plain = |value: f64| vec![(String::new(), value)];
+    family(&mut text, "samples_accepted_total", "counter", "Samples stored as rows.", &plain(accepted as f64));
+    family(&mut text, "samples_refused_total", "counter", "Samples refused (malformed, unreadable).", &plain(refused as f64));
+    let by_kind: Vec<(String, f64)> = faults.iter().map(|(kind, count)| (format!("{{kind=\"{}\"}}", label(kind)), *count as f64)).collect();
+    family(&mut text, "sample_faults_total", "counter", "Faults by kind; a sample may have several.", &by_kind);
+    family(&mut text, "rows_stored", "gauge", "Rows in the history.", &plain(rows as f64));
+    type Read = fn(&PluginStats, u64) -> f64;
+    let per_plugin: [(&str, &str, &str, Read); 8] = [
+        ("plugin_rows_delivered_total", "counter", "Rows each plugin acknowledged.", |stats, _| {
+            stats.rows_delivered.load(Ordering::Relaxed) as f64
+        }),
+        ("plugin_rows_rejected_total", "counter", "Rows a plugin refused to take.", |stats, _| {
+            stats.rows_rejected.load(Ordering::Relaxed) as f64
+        }),
+        ("plugin_cursor_lag_rows", "gauge", "Rows stored but not yet delivered to the plugin.", |stats, rows| {
+            rows.saturating_sub(stats.cursor.load(Ordering::Relaxed)) as f64
+        }),
+        ("plugin_calls_total", "counter", "Calls into the plugin.", |stats, _| stats.calls.load(Ordering::Relaxed) as f64),
+        ("plugin_call_seconds_total", "counter", "Time spent in calls into the plugin.", |stats, _| {
+            stats.call_nanos.load(Ordering::Relaxed) as f64 / 1e9
+        }),
+        ("plugin_traps_total", "counter", "Traps (panics, time or memory limits).", |stats, _| stats.traps.load(Ordering::Relaxed) as f64),
+        ("plugin_restarts_total", "counter", "Instances replaced after a failure.", |stats, _| {
+            stats.restarts.load(Ordering::Relaxed) as f64
+        }),
+        ("plugin_denied_total", "counter", "Capability uses refused (outgoing requests to ungranted hosts).", |stats, _| {
+            stats.denied.load(Ordering::Relaxed) as f64
+        }),
+    ];
+    for (name, kind, help, read) in per_plugin {
+        let samples: Vec<(String, f64)> =
+            figures.plugins.iter().map(|(plugin, stats)| (format!("{{plugin=\"{}\"}}", label(plugin)), read(stats, rows))).collect();
+        family(&mut text, name, kind, help, &samples);
     }
     text
 }
