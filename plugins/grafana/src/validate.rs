@@ -119,7 +119,7 @@ pub fn request(path: &str, body: &Value) -> Result<(), Answer> {
         }
         "/variable" => {
             if let Some(payload) = field(body, "payload", "payload", Kind::Object, false)? {
-                field(payload, "target", "payload.target", Kind::String, false)?;
+                field(payload, "target", "payload.target", Kind::String, true)?;
                 field(payload, "variables", "payload.variables", Kind::Object, false)?;
             }
             range(body)?;
