@@ -38,6 +38,7 @@ fn main() -> Result<()> {
         }
         "test" => {
             build_guests(&workspace, &target)?;
+            ensure_schemathesis(&target);
             // The default members: host, test kit and the suite (guests only build for wasm).
             test_with_summary(&workspace, &rest)
         }
@@ -60,6 +61,37 @@ fn cargo(workspace: &Path, args: &[&str], extra: &[String]) -> Result<()> {
         bail!("cargo {} failed ({status})", args.join(" "));
     }
     Ok(())
+}
+
+/// The Grafana conformance test runs schemathesis (PyPI): use `$SCHEMATHESIS` or one on the
+/// PATH, else install it into a virtual environment in the target directory. Failing to
+/// install is reported; the test that needs it then says so.
+fn ensure_schemathesis(target: &Path) {
+    const VERSION: &str = "schemathesis==4.32.5";
+    if std::env::var_os("SCHEMATHESIS").is_some() {
+        return;
+    }
+    let venv = target.join("schemathesis-venv");
+    let installed = venv.join("bin").join("schemathesis");
+    if !installed.is_file() {
+        if Command::new("schemathesis").arg("--version").output().is_ok_and(|output| output.status.success()) {
+            return;
+        }
+        eprintln!("xtask: installing {VERSION} into {}", venv.display());
+        let created = Command::new("python3").arg("-m").arg("venv").arg(&venv).status().is_ok_and(|status| status.success());
+        let pip = venv.join("bin").join("pip");
+        let ok = created
+            && Command::new(&pip)
+                .args(["install", "--quiet", "--disable-pip-version-check", VERSION])
+                .status()
+                .is_ok_and(|status| status.success());
+        if !ok {
+            eprintln!("xtask: warning: could not install schemathesis (needs python3 with venv and PyPI); its test will fail");
+            return;
+        }
+    }
+    // SAFETY: xtask is single-threaded here; the variable is read by the test processes.
+    unsafe { std::env::set_var("SCHEMATHESIS", &installed) };
 }
 
 /// Runs `cargo test`, passing its output through, and closes with the totals of every
