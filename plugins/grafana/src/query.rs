@@ -151,14 +151,15 @@ fn push_series(out: &mut String, series: &str, ref_id: &str, pairs: &[(i64, f64)
             out.push(',');
         }
         out.push('[');
+        let mut digits = itoa::Buffer::new();
         if table {
-            out.push_str(&time.to_string());
+            out.push_str(digits.format(*time));
             out.push(',');
             push_number(out, *value);
         } else {
             push_number(out, *value);
             out.push(',');
-            out.push_str(&time.to_string());
+            out.push_str(digits.format(*time));
         }
         out.push(']');
     }
@@ -176,7 +177,8 @@ pub fn query(body: &Value, settings: &Settings) -> Result<String, Answer> {
     };
     let span = time_span(body)?;
     let names = history::series_names();
-    let mut answer = String::from("[");
+    let mut answer = String::with_capacity(64 + points as usize * 40);
+    answer.push('[');
     for target in targets {
         if target["hide"].as_bool() == Some(true) {
             continue;
