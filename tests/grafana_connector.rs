@@ -180,6 +180,23 @@ fn a_query_without_targets_keeps_the_original_answer() {
 }
 
 #[test]
+fn a_query_without_targets_can_answer_an_empty_array_as_the_spec_wants() {
+    let options =
+        IsolationOptions { plugin_config: toml::from_str("original_untargeted_answer = false\n").unwrap(), ..IsolationOptions::default() };
+    let mut plugin = IsolatedPlugin::load(&connector("grafana"), options).unwrap();
+    plugin.start().unwrap();
+    push_rows(&plugin, 10, |index| index as f64);
+    assert_eq!(post(&mut plugin, "/query", json!({ "maxDataPoints": 5 })), (200, json!([])));
+    let options = IsolationOptions {
+        plugin_config: toml::from_str("original_untargeted_answer = \"yes\"\n").unwrap(),
+        ..IsolationOptions::default()
+    };
+    let mut plugin = IsolatedPlugin::load(&connector("grafana"), options).unwrap();
+    let error = format!("{:?}", plugin.start().unwrap_err());
+    assert!(error.contains("`original_untargeted_answer` must be true or false"), "{error}");
+}
+
+#[test]
 fn bad_requests_get_a_400_with_message_and_error_never_a_500() {
     let mut plugin = grafana();
     push_rows(&plugin, 10, |index| index as f64);
@@ -304,37 +321,12 @@ fn conforms_to_its_openapi_document_under_schemathesis() {
     let spec = served.host.root.path().join("openapi.json");
     let document = served.runtime.block_on(async { reqwest::get(format!("{base}/openapi.json")).await.unwrap().text().await.unwrap() });
     std::fs::write(&spec, document).unwrap();
-    let runs: [&[&str]; 2] = [
-        // A target that is no valid regex is refused with a 400 on purpose (the panel shows
-        // why), which schemathesis' positive_data_acceptance cannot know.
-        &[
-            "--mode",
-            "positive",
-            "--checks",
-            "all",
-            "--exclude-checks",
-            "positive_data_acceptance",
-            "--max-examples",
-            "40",
-            "--max-time",
-            "40",
-            "--seed",
-            "1",
-        ],
-        &[
-            "--mode",
-            "all",
-            "--checks",
-            "all",
-            "--exclude-checks",
-            "status_code_conformance,positive_data_acceptance",
-            "--max-examples",
-            "40",
-            "--max-time",
-            "40",
-            "--seed",
-            "1",
-        ],
+    // A target that is no valid regex is refused with a 400 on purpose (the panel shows
+    // why), which schemathesis' positive_data_acceptance cannot know.
+    let common = ["--checks", "all", "--max-examples", "40", "--max-time", "40", "--seed", "1"];
+    let runs = [
+        ["--mode", "positive", "--exclude-checks", "positive_data_acceptance"],
+        ["--mode", "all", "--exclude-checks", "status_code_conformance,positive_data_acceptance"],
     ];
     for args in runs {
         let output = std::process::Command::new(schemathesis())
@@ -342,6 +334,7 @@ fn conforms_to_its_openapi_document_under_schemathesis() {
             .arg(&spec)
             .args(["--url", &base])
             .args(args)
+            .args(common)
             .env("SCHEMATHESIS_HOOKS", "")
             .output()
             .unwrap_or_else(|error| {

@@ -169,6 +169,36 @@ fn a_host_restart_continues_the_same_run_at_the_next_offset() {
     assert_eq!(steps, (0..60).collect::<Vec<_>>(), "one run, steps still increasing after the restart");
 }
 
+#[test]
+fn an_idle_run_gets_heartbeats() {
+    let standin = StandIn::start();
+    let root = tempfile::tempdir().unwrap();
+    let config = test_config(root.path());
+    let mut host = start_host(&standin, root, config, "heartbeat_s = 1\n");
+    host.feed(10);
+    let heartbeats = || standin.requests().iter().filter(|request| request.body == json!({})).count();
+    assert!(wait_until(WAIT, || heartbeats() >= 2), "an empty file_stream body every heartbeat_s while idle");
+    host.stop();
+    assert_rows(&standin.only_run().1, 10);
+}
+
+#[test]
+fn resume_false_starts_a_new_run() {
+    let standin = StandIn::start();
+    let shared = tempfile::tempdir().unwrap();
+    for resume in ["true", "false"] {
+        let root = tempfile::tempdir().unwrap();
+        let mut config = test_config(root.path());
+        config.runtime.data_dir = shared.path().to_path_buf();
+        let mut host = start_host(&standin, root, config, &format!("resume = {resume}\n"));
+        feed_in_updates(&mut host, 10, 10);
+        host.stop();
+    }
+    let runs = standin.backend.lock().unwrap().runs.clone();
+    assert_eq!(runs.len(), 2, "the second host made a run of its own");
+    assert!(runs.values().all(|run| run.history.len() == 10 && run.complete));
+}
+
 fn official() -> Value {
     serde_json::from_str(include_str!("fixtures/wandb/official-client-small-run.json")).unwrap()
 }

@@ -232,6 +232,14 @@ mod tests {
     }
 
     #[test]
+    fn the_ingest_token_never_reaches_the_configuration_handed_to_plugins() {
+        let mut config = HostConfig::builtin_default();
+        config.http.ingest_token = Some("s3cret-token".into());
+        let json = serde_json::to_string(&config).unwrap();
+        assert!(!json.contains("s3cret-token"), "{json}");
+    }
+
+    #[test]
     fn unknown_log_keys_are_refused_with_the_known_series() {
         let text = "[telemetry]\nlog_keys = [\"nope\"]\n[[telemetry.transforms]]\ntype = \"MetricByKey\"\nkey = \"r\"\n";
         let error = format!("{:#}", HostConfig::parse(text, "c.toml").unwrap_err());

@@ -69,9 +69,11 @@ impl OutboundGrant {
         }
         Ok(())
     }
+}
 
+impl Origin {
     fn matches(&self, url: &Url) -> bool {
-        let Ok(pattern) = parse_pattern(&self.url) else { return false };
+        let pattern = self;
         let (Some(host), Some(port)) = (url.host_str(), url.port_or_known_default()) else {
             return false;
         };
@@ -142,7 +144,8 @@ impl Transport {
 /// The capability as one plugin's store holds it.
 pub struct OutgoingHttp {
     plugin: Arc<str>,
-    grants: Vec<OutboundGrant>,
+    /// Each grant with its pattern, parsed once.
+    grants: Vec<(Origin, OutboundGrant)>,
     secrets: Secrets,
     transport: Transport,
     /// When the current call into the plugin must end; requests are cut short to keep it.
@@ -152,13 +155,15 @@ pub struct OutgoingHttp {
 
 impl OutgoingHttp {
     pub fn new(plugin: &str, grants: Vec<OutboundGrant>, secrets: Secrets, transport: Transport) -> OutgoingHttp {
+        // Manifests are checked at load, so every pattern parses.
+        let grants = grants.into_iter().filter_map(|grant| Some((parse_pattern(&grant.url).ok()?, grant))).collect();
         OutgoingHttp { plugin: plugin.into(), grants, secrets, transport, call_deadline: None, denied: Arc::default() }
     }
 
     fn deny(&self, url: &Url) -> SendError {
         self.denied.fetch_add(1, Ordering::Relaxed);
         let origin = format!("{}://{}:{}", url.scheme(), url.host_str().unwrap_or(""), url.port_or_known_default().unwrap_or(0));
-        let granted: Vec<&str> = self.grants.iter().map(|grant| grant.url.as_str()).collect();
+        let granted: Vec<&str> = self.grants.iter().map(|(_, grant)| grant.url.as_str()).collect();
         let message = if granted.is_empty() {
             format!("plugin `{}` may not call {origin}: its manifest grants no outbound host", self.plugin)
         } else {
@@ -186,7 +191,7 @@ impl Host for OutgoingHttp {
     fn send(&mut self, mut request: Request, timeout_ms: u32) -> Result<Response, SendError> {
         let url = Url::parse(&request.target)
             .map_err(|error| SendError::InvalidRequest(format!("`{}` is not an absolute URL: {error}", request.target)))?;
-        let Some(grant) = self.grants.iter().find(|grant| grant.matches(&url)) else {
+        let Some((_, grant)) = self.grants.iter().find(|(origin, _)| origin.matches(&url)) else {
             return Err(self.deny(&url));
         };
         if let Some((name, value)) = grant.credential.as_ref().and_then(|credential| self.credential_header(credential)) {
@@ -262,6 +267,12 @@ mod tests {
 
     fn grant(url: &str) -> OutboundGrant {
         OutboundGrant { url: url.into(), credential: None }
+    }
+
+    impl OutboundGrant {
+        fn matches(&self, url: &Url) -> bool {
+            parse_pattern(&self.url).is_ok_and(|origin| origin.matches(url))
+        }
     }
 
     #[test]

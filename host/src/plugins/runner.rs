@@ -149,30 +149,21 @@ impl Worker {
 
     fn run(&mut self) {
         loop {
-            let mut instance = match self.start_instance() {
-                Ok(instance) => instance,
+            match self.start_instance() {
+                Ok(mut instance) => {
+                    if self.serve(&mut instance) {
+                        return;
+                    }
+                }
                 Err(CallFailure::Plugin(ConnectorError::InvalidConfig(message))) => {
                     tracing::error!(plugin = self.name(), "disabled: invalid config: {message}");
                     self.record_failure(format!("invalid config: {message}"));
                     return self.serve_disabled(&format!("plugin `{}` is disabled: invalid config: {message}", self.name()));
                 }
-                Err(failure) => {
-                    self.fail(&failure, "start");
-                    if self.wait_backoff() {
-                        // Stopping while down: one last attempt to hand over the rest.
-                        if let Ok(mut instance) = self.start_instance() {
-                            self.finish(&mut instance);
-                        }
-                        return;
-                    }
-                    continue;
-                }
-            };
-            if self.serve(&mut instance) {
-                return;
+                Err(failure) => self.fail(&failure, "start"),
             }
-            drop(instance);
             if self.wait_backoff() {
+                // Stopping while down: one last attempt to hand over the rest.
                 if let Ok(mut instance) = self.start_instance() {
                     self.finish(&mut instance);
                 }

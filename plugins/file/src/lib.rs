@@ -86,19 +86,13 @@ impl Guest for FileConnector {
                 ))
             })?;
         }
-        let jsonl = rows_jsonl::RowsFile::open(
-            &settings.dir.join("telemetry.jsonl"),
-            &context.series,
-            context.next_row,
-            settings.fsync,
-            settings.nan_as_null,
-        )
-        .map_err(|error| {
-            ConnectorError::InvalidConfig(format!(
-                "cannot write {}: {error} (is the data directory granted read-write?)",
-                settings.dir.join("telemetry.jsonl").display()
-            ))
-        })?;
+        let jsonl = rows_jsonl::RowsFile::open(&settings.dir.join("telemetry.jsonl"), &context.series, context.next_row, settings.fsync)
+            .map_err(|error| {
+                ConnectorError::InvalidConfig(format!(
+                    "cannot write {}: {error} (is the data directory granted read-write?)",
+                    settings.dir.join("telemetry.jsonl").display()
+                ))
+            })?;
         log(Level::Info, &format!("writing to {} from row {}", settings.dir.display(), context.next_row));
         STATE.with(|state| {
             *state.borrow_mut() =

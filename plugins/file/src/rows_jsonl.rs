@@ -38,7 +38,7 @@ pub fn push_number(out: &mut String, value: f64, nan_token: &str) {
 }
 
 impl RowsFile {
-    pub fn open(path: &Path, series: &[String], next_row: u64, fsync: bool, _nan_as_null: bool) -> std::io::Result<RowsFile> {
+    pub fn open(path: &Path, series: &[String], next_row: u64, fsync: bool) -> std::io::Result<RowsFile> {
         let mut file = OpenOptions::new().create(true).read(true).append(true).open(path)?;
         let kept_rows = truncate_to(&mut file, path, next_row)?;
         let mut rows = RowsFile { file, series: series.to_vec(), next_row: kept_rows, fsync, line: String::new() };

@@ -108,21 +108,22 @@ thread_local! {
     static STREAM: RefCell<Option<Stream>> = const { RefCell::new(None) };
 }
 
-fn random_run_id() -> String {
+/// Random bits from WASI's random source (which seeds `RandomState`).
+fn random_u64() -> u64 {
     use std::hash::{BuildHasher, Hasher};
-    // `RandomState` is seeded from WASI's random source.
-    let mut id = String::new();
-    while id.len() < 8 {
-        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-        hasher.write_usize(id.len());
-        let mut bits = hasher.finish();
-        while bits > 0 && id.len() < 8 {
+    std::collections::hash_map::RandomState::new().build_hasher().finish()
+}
+
+/// 8 characters of `[a-z0-9]`, as the official client makes run ids.
+fn random_run_id() -> String {
+    let mut bits = random_u64();
+    (0..8)
+        .map(|_| {
             let digit = (bits % 36) as u32;
-            id.push(char::from_digit(digit, 36).unwrap_or('0'));
             bits /= 36;
-        }
-    }
-    id
+            char::from_digit(digit, 36).unwrap_or('0')
+        })
+        .collect()
 }
 
 fn format_number(value: f64) -> Value {
@@ -314,7 +315,7 @@ impl Stream {
             Outcome::Retry { reason, retry_after } => {
                 self.failures += 1;
                 let exponent = self.failures.saturating_sub(1).min(10);
-                let jitter = 1.0 + f64::from(random_run_id().as_bytes()[0] % 26) / 100.0;
+                let jitter = 1.0 + (random_u64() % 26) as f64 / 100.0;
                 let backoff = BACKOFF_FIRST.saturating_mul(1 << exponent).min(BACKOFF_LONGEST).mul_f64(jitter);
                 let wait = retry_after.unwrap_or(backoff);
                 self.not_before = Some(Instant::now() + wait);
