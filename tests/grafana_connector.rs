@@ -24,8 +24,9 @@ fn push_rows(plugin: &IsolatedPlugin, count: usize, value: impl Fn(usize) -> f64
     for index in start..start + count {
         let mut row = vec![index as f64; SERIES];
         row[0] = value(index);
-        history.push_row(T0 + index as i64 * 1000, &row);
+        history.push_row(T0 + index as i64 * 1000, &row).unwrap();
     }
+    history.commit().unwrap();
 }
 
 fn post(plugin: &mut IsolatedPlugin, path: &str, body: Value) -> (u16, Value) {

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde_json::{Value, json};
+use telemetry_host::callbacks::Callbacks;
 use telemetry_host::capabilities::http_server::{BoundServer, serve};
 use telemetry_host::config::HostConfig;
 use telemetry_host::history::{History, SharedHistory};
@@ -26,7 +27,7 @@ fn endpoint(token: Option<&str>) -> Endpoint {
     let updates = Arc::new(AtomicU64::new(0));
     let counter = updates.clone();
     let samples = router(SampleEndpoint {
-        ingest: Arc::new(Mutex::new(Ingest::new(&config.telemetry, history.clone()))),
+        ingest: Arc::new(Mutex::new(Ingest::new(&config.telemetry, history.clone(), Callbacks::none()))),
         on_update: Arc::new(move || {
             counter.fetch_add(1, Ordering::Relaxed);
         }),

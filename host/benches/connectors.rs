@@ -38,8 +38,9 @@ fn fill(history: &mut History, rows: usize) {
             row as f64 * 0.01,
             row as f64 * 0.01,
         ];
-        history.push_row(1_700_000_000_000 + row as i64 * 10, &values);
+        history.push_row(1_700_000_000_000 + row as i64 * 10, &values).expect("in memory");
     }
+    history.commit().expect("in memory");
 }
 
 fn median(mut times: Vec<Duration>) -> Duration {

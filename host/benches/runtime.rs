@@ -35,8 +35,9 @@ fn fill(history: &mut History, rows: usize) {
     let start = history.row_count() as usize;
     for row in start..start + rows {
         let values: Vec<f64> = (0..SERIES).map(|series| ((row * 31 + series * 7) % 1000) as f64).collect();
-        history.push_row(1_700_000_000_000 + row as i64, &values);
+        history.push_row(1_700_000_000_000 + row as i64, &values).expect("in memory");
     }
+    history.commit().expect("in memory");
 }
 
 fn rss_mb() -> f64 {

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::callbacks::CallbackSpec;
+use crate::ingest::redis::RedisConfig;
 use crate::ingest::transforms::TransformSpec;
 
 /// The configuration the host runs with when none is given: the original node's
@@ -21,6 +23,10 @@ pub struct HostConfig {
     pub http: HttpConfig,
     #[serde(default)]
     pub runtime: RuntimeConfig,
+    /// Samples from Redis pub/sub and streams, and where callbacks publish; no Redis
+    /// without this section.
+    #[serde(default)]
+    pub redis: Option<RedisConfig>,
     /// Where the host reads each named secret.
     #[serde(default)]
     pub secrets: BTreeMap<String, SecretSource>,
@@ -46,6 +52,9 @@ pub struct TelemetryConfig {
     #[serde(default)]
     pub log_keys: Vec<String>,
     pub transforms: Vec<TransformSpec>,
+    /// Run at every update interval (e.g. `SaveBest`).
+    #[serde(default)]
+    pub callbacks: Vec<CallbackSpec>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -72,6 +81,10 @@ pub struct RuntimeConfig {
     /// Compiled components, keyed by component hash and engine compatibility.
     #[serde(default = "default_cache_dir")]
     pub cache_dir: PathBuf,
+    /// The durable history: sealed chunks, the write-ahead log, plugins' cursors. A
+    /// restart with the same folder continues the run.
+    #[serde(default = "default_history_dir")]
+    pub history_dir: PathBuf,
     /// Relative data directories of plugin manifests resolve against this.
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
@@ -123,6 +136,9 @@ fn default_max_ingest() -> usize {
 fn default_cache_dir() -> PathBuf {
     ".telemetry-host/cache".into()
 }
+fn default_history_dir() -> PathBuf {
+    ".telemetry-host/history".into()
+}
 fn default_data_dir() -> PathBuf {
     ".telemetry-host/data".into()
 }
@@ -157,6 +173,7 @@ impl Default for RuntimeConfig {
     fn default() -> Self {
         RuntimeConfig {
             cache_dir: default_cache_dir(),
+            history_dir: default_history_dir(),
             data_dir: default_data_dir(),
             restart_backoff_ms: default_backoff(),
             max_batch_rows: default_batch_rows(),
@@ -200,6 +217,10 @@ impl HostConfig {
                 "`{key}` (in telemetry.log_keys or telemetry.step_key) is not a series; the series are: {}",
                 series.join(", ")
             );
+        }
+        for crate::callbacks::CallbackSpec::SaveBest { key, .. } in &telemetry.callbacks {
+            anyhow::ensure!(series.contains(key), "SaveBest key `{key}` is not a series; the series are: {}", series.join(", "));
+            anyhow::ensure!(self.redis.is_some(), "SaveBest publishes on Redis: add a [redis] section");
         }
         let (first, longest) = self.runtime.restart_backoff_ms;
         anyhow::ensure!(first >= 1 && first <= longest, "runtime.restart_backoff_ms must be [first, longest] with 1 <= first <= longest");

@@ -12,6 +12,7 @@ use serde_json::Value;
 
 use crate::bindings::http_types::{Request, Response};
 use crate::bindings::types::StartContext;
+use crate::callbacks::Callbacks;
 use crate::capabilities::log::LogLine;
 use crate::capabilities::outgoing_http::{Exchange, Responder, Transport};
 use crate::capabilities::secrets::Secrets;
@@ -107,7 +108,7 @@ impl IsolatedPlugin {
             run_started_ms: crate::ingest::now_ms(),
             denied: Arc::new(AtomicU64::new(0)),
         };
-        let ingest = Ingest::new(&options.host_config.telemetry, history.clone());
+        let ingest = Ingest::new(&options.host_config.telemetry, history.clone(), Callbacks::none());
         Ok(IsolatedPlugin {
             plugin,
             env,
@@ -143,7 +144,7 @@ impl IsolatedPlugin {
     /// Adds one sample to the history (not yet delivered).
     pub fn push_sample(&mut self, sample: &Value) -> Result<()> {
         match self.ingest.accept(sample, "test") {
-            Outcome::Accepted { .. } => Ok(()),
+            Outcome::Accepted { .. } => self.ingest.commit().map(drop),
             Outcome::Refused(reason) => anyhow::bail!(reason),
         }
     }
@@ -151,7 +152,9 @@ impl IsolatedPlugin {
     /// Adds NDJSON samples; returns how many were refused.
     pub fn push_ndjson(&mut self, text: &str) -> u64 {
         let refused = self.ingest.refused;
-        let _ = self.ingest.read_ndjson(text.as_bytes(), "input", || {});
+        if let Err(error) = self.ingest.read_ndjson(text.as_bytes(), "input") {
+            tracing::error!("{error:#}");
+        }
         self.ingest.refused - refused
     }
 

@@ -3,7 +3,8 @@
 //! sandboxed WebAssembly components.
 //!
 //! - [`ingest`]: samples in, transforms, moving averages;
-//! - [`history`]: the columnar history and its downsampled reads;
+//! - [`history`]: the durable columnar history and its downsampled reads;
+//! - [`callbacks`]: the original node's callbacks (`SaveBest`);
 //! - [`plugins`]: manifests, loading, instances, runners;
 //! - [`capabilities`]: what a plugin may be granted, one module each;
 //! - [`node`]: the `run` command tying them together;
@@ -11,6 +12,7 @@
 //! - [`isolation`]: one plugin alone, for `plugin test` and the test kit.
 
 pub mod bindings;
+pub mod callbacks;
 pub mod capabilities;
 pub mod config;
 pub mod history;

@@ -4,7 +4,10 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
+use std::io::Write;
+
 use telemetry_host::config::{DEFAULT_CONFIG, HostConfig};
+use telemetry_host::history::stats_file;
 use telemetry_host::isolation::{IsolatedPlugin, IsolationOptions};
 use telemetry_host::node::{self, Input, NodeOptions};
 use telemetry_host::plugins::loader::{ComponentShape, Runtime};
@@ -28,7 +31,8 @@ enum Command {
         /// The plugin directory: one folder per plugin, each with a plugin.toml.
         #[arg(long, default_value = "plugins")]
         plugins: PathBuf,
-        /// Samples as NDJSON: a file, `-` for stdin, or `demo` for a generated run.
+        /// Samples as NDJSON: a file, `-` for stdin, `demo` for a generated run, or `none`
+        /// (HTTP and Redis only).
         #[arg(long, default_value = "-")]
         input: String,
         /// Samples per second of the `demo` input.
@@ -45,6 +49,22 @@ enum Command {
     },
     /// Prints the built-in default configuration.
     DefaultConfig,
+    /// Imports the original node's stats file (a JSON object of columns) into an empty
+    /// history, so the old run continues.
+    ImportStats {
+        /// The stats file, e.g. `checkpoint/SoulsAIStats.json`.
+        file: PathBuf,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Writes the history as the original node's stats file.
+    ExportStats {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The file to write; stdout if omitted.
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -102,12 +122,32 @@ fn run(cli: Cli) -> Result<()> {
             let input = match input.as_str() {
                 "-" => Input::Stdin,
                 "demo" => Input::Demo { per_second: demo_rate },
+                "none" => Input::None,
                 path => Input::File(path.into()),
             };
             let summary =
                 node::run(NodeOptions { config: load_config(config.as_ref())?, plugins_dir: plugins, input, wait_after_input: wait })?;
             anyhow::ensure!(summary.failed_plugins.is_empty(), "{} plugin(s) failed to load", summary.failed_plugins.len());
             Ok(())
+        }
+        Command::ImportStats { file, config } => {
+            let config = load_config(config.as_ref())?;
+            let mut history = node::open_history(&config)?;
+            let rows = stats_file::import(&mut history, &file, telemetry_host::ingest::now_ms())?;
+            eprintln!("imported {rows} rows from {} into {}", file.display(), config.runtime.history_dir.display());
+            Ok(())
+        }
+        Command::ExportStats { config, output } => {
+            let config = load_config(config.as_ref())?;
+            let history = node::open_history(&config)?;
+            match &output {
+                Some(path) => {
+                    let file = std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+                    let mut out = std::io::BufWriter::new(file);
+                    stats_file::export(&history, &mut out).and_then(|()| Ok(out.flush()?))
+                }
+                None => stats_file::export(&history, &mut std::io::BufWriter::new(std::io::stdout().lock())),
+            }
         }
         Command::DefaultConfig => {
             print!("{DEFAULT_CONFIG}");

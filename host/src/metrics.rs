@@ -101,9 +101,10 @@ mod tests {
     fn figures_are_rendered_in_the_prometheus_format() {
         let config = HostConfig::builtin_default();
         let history = History::new(series_names(&config.telemetry.transforms)).shared();
-        let ingest = Arc::new(Mutex::new(Ingest::new(&config.telemetry, history.clone())));
+        let ingest = Arc::new(Mutex::new(Ingest::new(&config.telemetry, history.clone(), crate::callbacks::Callbacks::none())));
         ingest.lock().unwrap().accept(&serde_json::json!({"ep_reward": 1, "ep_steps": 2, "total_steps": 3}), "t");
         ingest.lock().unwrap().accept_line(b"{oops", "t");
+        ingest.lock().unwrap().commit().unwrap();
         let stats = Arc::new(PluginStats::default());
         stats.rows_delivered.store(1, Ordering::Relaxed);
         let text = render(&HostFigures { ingest, history, plugins: vec![("file \"x\"".into(), stats)] });

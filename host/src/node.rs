@@ -9,8 +9,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
+use crate::callbacks::{Callbacks, Publish};
 use crate::config::HostConfig;
 use crate::history::History;
+use crate::ingest::redis::{RedisInput, RedisPublisher};
 use crate::ingest::transforms::series_names;
 use crate::ingest::{Ingest, Outcome, demo_samples, read_ndjson_with};
 use crate::plugins::PluginSet;
@@ -19,6 +21,8 @@ use crate::plugins::loader::Runtime;
 /// Where samples come from.
 #[derive(Debug, Clone)]
 pub enum Input {
+    /// Only HTTP (and Redis, if configured).
+    None,
     Stdin,
     File(PathBuf),
     /// A fake training run, this many samples a second, until stopped.
@@ -50,13 +54,28 @@ enum Event {
     Signal,
 }
 
+/// Opens the durable history the configuration names.
+pub fn open_history(config: &HostConfig) -> Result<History> {
+    let dir = &config.runtime.history_dir;
+    let history = History::open(dir, series_names(&config.telemetry.transforms))?;
+    if history.row_count() > 0 {
+        tracing::info!("continuing the run in {}: {} rows", dir.display(), history.row_count());
+    }
+    Ok(history)
+}
+
 pub fn run(options: NodeOptions) -> Result<RunSummary> {
     let config = options.config;
-    let history = History::new(series_names(&config.telemetry.transforms)).shared();
+    let history = open_history(&config)?.shared();
     let runtime = Runtime::new(Some(config.runtime.cache_dir.clone()))?;
     let plugins = PluginSet::start(&runtime, &options.plugins_dir, &config, &history)?;
     let async_runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    let ingest = Arc::new(Mutex::new(Ingest::new(&config.telemetry, history.clone())));
+    let publisher = match &config.redis {
+        Some(redis) if !config.telemetry.callbacks.is_empty() => Some(Box::new(RedisPublisher::new(&redis.url)?) as Box<dyn Publish>),
+        _ => None,
+    };
+    let callbacks = Callbacks::new(&config.telemetry.callbacks, &history.read().expect("history lock"), publisher);
+    let ingest = Arc::new(Mutex::new(Ingest::new(&config.telemetry, history.clone(), callbacks)));
     let notifiers = plugins.notifiers();
     let notify_all: Arc<dyn Fn() + Send + Sync> = Arc::new(move || notifiers.iter().for_each(|notifier| notifier.notify()));
     let samples = crate::ingest::http::router(crate::ingest::http::SampleEndpoint {
@@ -92,31 +111,54 @@ pub fn run(options: NodeOptions) -> Result<RunSummary> {
             let _ = events.send(Event::Signal);
         });
     }
+    let redis_threads = match &config.redis {
+        Some(redis) => {
+            let events = Mutex::new(events.clone());
+            RedisInput {
+                config: redis.clone(),
+                ingest: ingest.clone(),
+                on_update: notify_all.clone(),
+                on_shutdown: Arc::new(move || {
+                    let _ = events.lock().expect("events lock").send(Event::Signal);
+                }),
+                stopping: stopping.clone(),
+            }
+            .spawn()?
+        }
+        None => Vec::new(),
+    };
     {
         let (ingest, stopping, input, notify) = (ingest.clone(), stopping.clone(), options.input.clone(), notify_all.clone());
         std::thread::Builder::new().name("ingest".into()).spawn(move || {
             let accept = |line: &[u8], at: &str| ingest.lock().expect("ingest lock").accept_line(line, at);
+            let commit = || -> Result<()> {
+                if ingest.lock().expect("ingest lock").commit()? {
+                    notify();
+                }
+                Ok(())
+            };
             let result = match input {
-                Input::Stdin => read_ndjson_with(std::io::stdin().lock(), "stdin", accept, || notify()).context("reading stdin"),
+                Input::None => Ok(()),
+                Input::Stdin => read_ndjson_with(std::io::stdin().lock(), "stdin", accept, commit).context("reading stdin"),
                 Input::File(path) => {
                     std::fs::File::open(&path).with_context(|| format!("cannot open input {}", path.display())).and_then(|file| {
-                        read_ndjson_with(BufReader::new(file), &path.display().to_string(), accept, || notify())
+                        read_ndjson_with(BufReader::new(file), &path.display().to_string(), accept, commit)
                             .with_context(|| format!("reading {}", path.display()))
                     })
                 }
-                Input::Demo { per_second } => {
+                Input::Demo { per_second } => (|| {
                     let pause = Duration::from_secs_f64(1.0 / f64::from(per_second.max(1)));
                     for sample in demo_samples() {
                         if stopping.load(Ordering::Relaxed) {
                             break;
                         }
                         if let Outcome::Accepted { update_due: true } = ingest.lock().expect("ingest lock").accept(&sample, "demo") {
-                            notify();
+                            commit()?;
                         }
                         std::thread::sleep(pause);
                     }
-                    Ok(())
-                }
+                    commit()
+                })(),
             };
             let _ = events.send(Event::InputDone(result));
         })?;
@@ -138,6 +180,12 @@ pub fn run(options: NodeOptions) -> Result<RunSummary> {
         Ok(Event::Signal) | Err(_) => tracing::info!("stopping"),
     }
     stopping.store(true, Ordering::Relaxed);
+    for thread in redis_threads {
+        let _ = thread.join();
+    }
+    if let Err(error) = ingest.lock().expect("ingest lock").commit() {
+        tracing::error!("{error:#}");
+    }
     plugins.notify_all();
     let (accepted, refused) = {
         let ingest = ingest.lock().expect("ingest lock");

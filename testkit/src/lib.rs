@@ -54,3 +54,15 @@ fn existing(path: PathBuf) -> PathBuf {
     assert!(path.is_file(), "{} is missing: run the tests with `cargo xtask test` (it builds the guest components first)", path.display());
     path
 }
+
+/// Polls `condition` every 10 ms until it holds or `timeout` passed; its last answer.
+pub fn wait_until(timeout: std::time::Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    while std::time::Instant::now() < deadline {
+        if condition() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    condition()
+}

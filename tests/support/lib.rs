@@ -6,9 +6,10 @@ pub mod wandb_standin;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::json;
+use telemetry_host::callbacks::Callbacks;
 use telemetry_host::capabilities::log::LogLine;
 use telemetry_host::capabilities::outgoing_http::Transport;
 use telemetry_host::capabilities::secrets::Secrets;
@@ -123,7 +124,7 @@ impl TestHost {
                 Err(error) => load_errors.push(format!("{error:#}")),
             }
         }
-        let ingest = Ingest::new(&config.telemetry, history.clone());
+        let ingest = Ingest::new(&config.telemetry, history.clone(), Callbacks::none());
         TestHost { root, config, history, plugins: Some(set), logs, load_errors, ingest, fed: 0, _runtime: runtime }
     }
 
@@ -135,6 +136,7 @@ impl TestHost {
             assert!(matches!(outcome, telemetry_host::ingest::Outcome::Accepted { .. }), "{outcome:?}");
             self.fed += 1;
         }
+        self.ingest.commit().unwrap();
         self.plugins().notify_all();
     }
 
@@ -142,6 +144,7 @@ impl TestHost {
     pub fn push_sample(&mut self, sample: &serde_json::Value) {
         let outcome = self.ingest.accept(sample, "test");
         assert!(matches!(outcome, telemetry_host::ingest::Outcome::Accepted { .. }), "{outcome:?}");
+        self.ingest.commit().unwrap();
         self.plugins().notify_all();
     }
 
@@ -194,16 +197,7 @@ pub fn options(config: &HostConfig) -> RunnerOptions {
     telemetry_host::plugins::runner_options(config)
 }
 
-pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if condition() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    condition()
-}
+pub use telemetry_testkit::wait_until;
 
 /// The manifest lines of a well-behaved fixture plugin that records rows in its folder.
 pub fn recorder_manifest(folder: &str) -> String {

@@ -23,7 +23,7 @@ fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
     let command = args.next().unwrap_or_default();
     let rest: Vec<String> = args.skip_while(|arg| arg == "--").collect();
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("xtask lives in the workspace")?.to_path_buf();
+    let workspace = workspace_root()?;
     let target = target_dir(&workspace);
     match command.as_str() {
         "guests" => build_guests(&workspace, &target),
@@ -39,6 +39,7 @@ fn main() -> Result<()> {
         "test" => {
             build_guests(&workspace, &target)?;
             ensure_schemathesis(&target);
+            ensure_redis_server();
             // The default members: host, test kit and the suite (guests only build for wasm).
             test_with_summary(&workspace, &rest)
         }
@@ -48,6 +49,18 @@ fn main() -> Result<()> {
 
 fn target_dir(workspace: &Path) -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| workspace.join("target"), PathBuf::from)
+}
+
+/// The workspace `cargo xtask` was run in: found from the current directory at run time,
+/// because a compiled-in path goes stale when the same target directory serves several
+/// clones (cargo reuses the build).
+fn workspace_root() -> Result<PathBuf> {
+    let current = std::env::current_dir().context("no current directory")?;
+    current
+        .ancestors()
+        .find(|dir| std::fs::read_to_string(dir.join("Cargo.toml")).is_ok_and(|text| text.contains("[workspace]")))
+        .map(Path::to_path_buf)
+        .with_context(|| format!("{} is not inside the telemetry-host workspace", current.display()))
 }
 
 fn cargo(workspace: &Path, args: &[&str], extra: &[String]) -> Result<()> {
@@ -92,6 +105,27 @@ fn ensure_schemathesis(target: &Path) {
     }
     // SAFETY: xtask is single-threaded here; the variable is read by the test processes.
     unsafe { std::env::set_var("SCHEMATHESIS", &installed) };
+}
+
+/// The pipeline tests start a real `redis-server`: install Debian's package when it is
+/// missing and apt-get is at hand (as root, or through sudo).
+fn ensure_redis_server() {
+    let present = || Command::new("redis-server").arg("--version").output().is_ok_and(|output| output.status.success());
+    if present() {
+        return;
+    }
+    let as_root = Command::new("id").arg("-u").output().is_ok_and(|output| output.stdout.starts_with(b"0"));
+    let apt = |args: &[&str]| {
+        let mut command = if as_root { Command::new("apt-get") } else { Command::new("sudo") };
+        if !as_root {
+            command.args(["-n", "apt-get"]);
+        }
+        command.args(args).env("DEBIAN_FRONTEND", "noninteractive").status().is_ok_and(|status| status.success())
+    };
+    eprintln!("xtask: installing redis-server (Debian package) for the pipeline tests");
+    if !(apt(&["update", "-q"]) && apt(&["install", "-y", "-q", "redis-server"]) && present()) {
+        eprintln!("xtask: warning: could not install redis-server (needs apt-get as root or sudo); the Redis tests will fail");
+    }
 }
 
 /// Runs `cargo test`, passing its output through, and closes with the totals of every

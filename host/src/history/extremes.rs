@@ -1,14 +1,18 @@
 //! Minimum and maximum of any row range of a series in time that does not grow with the
 //! history: blocks of `FANOUT` rows are summarised as rows arrive, blocks of `FANOUT`
-//! blocks one level up, and so on. A range query combines at most `2 * (FANOUT - 1)`
-//! entries per level, so its cost is logarithmic in the history length and independent
-//! of the range width.
+//! blocks one level up, and so on up to one block per chunk. A range query combines at
+//! most `2 * (FANOUT - 1)` entries per level, so its cost is bounded by the chunk size,
+//! whatever the history length and the range width.
+
+use bytemuck::{Pod, Zeroable};
 
 /// Rows (or blocks) summarised by one block of the next level.
-const FANOUT: usize = 8;
+pub const FANOUT: usize = 8;
 
-/// The smallest and largest non-NaN value of a set of rows, with their row indices.
-#[derive(Clone, Copy, Debug, PartialEq)]
+/// The smallest and largest non-NaN value of a set of rows, with their row indices. Laid
+/// out as four 8-byte words, as sealed chunks store it on disk.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Pod, Zeroable)]
 pub struct MinMax {
     pub min: f64,
     pub min_row: u64,
@@ -30,7 +34,7 @@ impl MinMax {
 
     /// Merges `other`, which covers rows after the ones `self` covers: on ties the earlier
     /// row wins, so the result is the same however a range is cut into blocks.
-    fn merge(&mut self, other: &MinMax) {
+    pub fn merge(&mut self, other: &MinMax) {
         if other.min < self.min {
             self.min = other.min;
             self.min_row = other.min_row;
@@ -42,16 +46,17 @@ impl MinMax {
     }
 }
 
-/// The block summaries of one series, level by level: `levels[k][i]` covers rows
-/// `i * FANOUT^(k+1) .. (i + 1) * FANOUT^(k+1)`.
-#[derive(Default, Debug)]
+/// The block summaries of the rows of one series in the chunk being filled, level by
+/// level: `levels[k][i]` covers the chunk's rows `i * FANOUT^(k+1) .. (i + 1) * FANOUT^(k+1)`.
+#[derive(Default, Debug, Clone)]
 pub struct Extremes {
     levels: Vec<Vec<MinMax>>,
 }
 
 impl Extremes {
-    /// Records the value just pushed at the end of `values` (the whole series so far).
-    pub fn on_push(&mut self, values: &[f64]) {
+    /// Records the value just pushed at the end of `values` (the chunk's rows so far,
+    /// the first of which is row `first_row` of the history).
+    pub fn on_push(&mut self, values: &[f64], first_row: u64) {
         let mut len = values.len();
         if !len.is_multiple_of(FANOUT) {
             return;
@@ -59,7 +64,7 @@ impl Extremes {
         let first = len - FANOUT;
         let mut block = MinMax::EMPTY;
         for (offset, value) in values[first..].iter().enumerate() {
-            block.merge(&MinMax::of_value((first + offset) as u64, *value));
+            block.merge(&MinMax::of_value(first_row + (first + offset) as u64, *value));
         }
         let mut level = 0;
         loop {
@@ -79,34 +84,40 @@ impl Extremes {
         }
     }
 
-    /// The extremes of `values[first..end]`.
-    pub fn range(&self, values: &[f64], first: usize, end: usize) -> MinMax {
-        let mut result = MinMax::EMPTY;
-        let mut row = first;
-        while row < end {
-            // The largest summarised block that starts at `row` and ends within the range.
-            let mut found: Option<(usize, usize)> = None;
-            let mut block_size = FANOUT;
-            for (level, blocks) in self.levels.iter().enumerate() {
-                if !row.is_multiple_of(block_size) || row + block_size > end || row / block_size >= blocks.len() {
-                    break;
-                }
-                found = Some((level, block_size));
-                block_size *= FANOUT;
+    /// The levels, finest first, as `range` takes them.
+    pub fn levels(&self) -> impl Iterator<Item = &[MinMax]> + Clone {
+        self.levels.iter().map(Vec::as_slice)
+    }
+}
+
+/// The extremes of `values[first..end]`, whose block summaries are `levels` (finest
+/// first) and whose first value is row `first_row` of the history.
+pub fn range<'a>(levels: impl Iterator<Item = &'a [MinMax]> + Clone, values: &[f64], first_row: u64, first: usize, end: usize) -> MinMax {
+    let mut result = MinMax::EMPTY;
+    let mut row = first;
+    while row < end {
+        // The largest summarised block that starts at `row` and ends within the range.
+        let mut found: Option<(&MinMax, usize)> = None;
+        let mut block_size = FANOUT;
+        for blocks in levels.clone() {
+            if !row.is_multiple_of(block_size) || row + block_size > end || row / block_size >= blocks.len() {
+                break;
             }
-            match found {
-                Some((level, size)) => {
-                    result.merge(&self.levels[level][row / size]);
-                    row += size;
-                }
-                None => {
-                    result.merge(&MinMax::of_value(row as u64, values[row]));
-                    row += 1;
-                }
+            found = Some((&blocks[row / block_size], block_size));
+            block_size *= FANOUT;
+        }
+        match found {
+            Some((block, size)) => {
+                result.merge(block);
+                row += size;
+            }
+            None => {
+                result.merge(&MinMax::of_value(first_row + row as u64, values[row]));
+                row += 1;
             }
         }
-        result
     }
+    result
 }
 
 #[cfg(test)]
@@ -130,10 +141,10 @@ mod tests {
             state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             let value = if row % 97 == 0 { f64::NAN } else { (state >> 40) as f64 % 1000.0 };
             values.push(value);
-            extremes.on_push(&values);
+            extremes.on_push(&values, 0);
         }
         for (first, end) in [(0, 5000), (1, 4999), (7, 9), (64, 512), (63, 4097), (100, 101), (4095, 4097)] {
-            assert_eq!(extremes.range(&values, first, end), brute_force(&values, first, end), "{first}..{end}");
+            assert_eq!(range(extremes.levels(), &values, 0, first, end), brute_force(&values, first, end), "{first}..{end}");
         }
     }
 
@@ -142,8 +153,8 @@ mod tests {
         let values = vec![f64::NAN; 20];
         let mut extremes = Extremes::default();
         for len in 1..=values.len() {
-            extremes.on_push(&values[..len]);
+            extremes.on_push(&values[..len], 0);
         }
-        assert!(extremes.range(&values, 0, 20).is_empty());
+        assert!(range(extremes.levels(), &values, 0, 0, 20).is_empty());
     }
 }

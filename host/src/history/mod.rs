@@ -1,13 +1,28 @@
 //! The history of a run: one row per accepted sample, one column per series, a timestamp
 //! per row. The host owns it; plugins read it through the `history` import and receive
 //! new rows from their own cursor.
+//!
+//! Rows fill an in-memory tail; committed rows are logged (`wal`) and synced before
+//! anyone is told they are stored; every `CHUNK_ROWS` committed rows are sealed into an
+//! immutable chunk file (`chunk`) read through a memory map. So memory holds at most
+//! one chunk's rows plus what a commit adds, at any history length, and a restart finds
+//! every committed row. A history without a folder keeps its chunks in memory.
 
+mod chunk;
 mod extremes;
+pub mod stats_file;
+mod wal;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
-use extremes::Extremes;
+use anyhow::{Context, Result, ensure};
+
+pub use chunk::CHUNK_ROWS;
+use chunk::{Chunk, ChunkData};
+use extremes::{Extremes, MinMax};
+use wal::{LoggedRow, Wal};
 
 /// The history shared between ingest (the only writer) and the plugins (readers).
 pub type SharedHistory = Arc<RwLock<History>>;
@@ -49,30 +64,206 @@ pub enum ReadError {
     UnknownSeries(String),
 }
 
-#[derive(Default)]
-struct Column {
+/// The rows not yet sealed, column by column.
+struct Tail {
+    first_row: u64,
+    timestamps_ms: Vec<i64>,
+    columns: Vec<TailColumn>,
+}
+
+#[derive(Default, Clone)]
+struct TailColumn {
     values: Vec<f64>,
     extremes: Extremes,
 }
+
+impl Tail {
+    fn new(first_row: u64, series: usize) -> Tail {
+        Tail { first_row, timestamps_ms: Vec::new(), columns: vec![TailColumn::default(); series] }
+    }
+
+    fn push(&mut self, timestamp_ms: i64, values: &[f64]) {
+        self.timestamps_ms.push(timestamp_ms);
+        for (column, value) in self.columns.iter_mut().zip(values) {
+            column.values.push(*value);
+            // Blocks never straddle chunks: the extremes of rows past the first chunk's
+            // end are rebuilt when that chunk is sealed.
+            if column.values.len() <= CHUNK_ROWS {
+                column.extremes.on_push(&column.values, self.first_row);
+            }
+        }
+    }
+
+    fn logged_row(&self, local: usize) -> LoggedRow {
+        LoggedRow {
+            row: self.first_row + local as u64,
+            timestamp_ms: self.timestamps_ms[local],
+            values: self.columns.iter().map(|column| column.values[local]).collect(),
+        }
+    }
+
+    /// Removes the first `CHUNK_ROWS` rows (just sealed).
+    fn drop_first_chunk(&mut self) {
+        let mut rest = Tail::new(self.first_row + CHUNK_ROWS as u64, self.columns.len());
+        for local in CHUNK_ROWS..self.timestamps_ms.len() {
+            let row = self.logged_row(local);
+            rest.push(row.timestamp_ms, &row.values);
+        }
+        *self = rest;
+    }
+}
+
+/// One stretch of rows: a sealed chunk or the tail.
+#[derive(Clone, Copy)]
+enum Segment<'a> {
+    Chunk(&'a Chunk),
+    Tail(&'a Tail),
+}
+
+impl<'a> Segment<'a> {
+    fn first_row(&self) -> u64 {
+        match self {
+            Segment::Chunk(chunk) => chunk.first_row,
+            Segment::Tail(tail) => tail.first_row,
+        }
+    }
+
+    fn timestamps(&self) -> &'a [i64] {
+        match self {
+            Segment::Chunk(chunk) => chunk.timestamps(),
+            Segment::Tail(tail) => &tail.timestamps_ms,
+        }
+    }
+
+    fn values(&self, series: usize) -> &'a [f64] {
+        match self {
+            Segment::Chunk(chunk) => chunk.values(series),
+            Segment::Tail(tail) => &tail.columns[series].values,
+        }
+    }
+
+    fn extremes(&self, series: usize, first: usize, end: usize) -> MinMax {
+        let values = self.values(series);
+        match self {
+            Segment::Chunk(chunk) => extremes::range(chunk.levels(series), values, chunk.first_row, first, end),
+            Segment::Tail(tail) => extremes::range(tail.columns[series].extremes.levels(), values, tail.first_row, first, end),
+        }
+    }
+}
+
+/// The folder of a durable history and its open log.
+struct Store {
+    dir: PathBuf,
+    wal: Wal,
+}
+
+const SERIES_FILE: &str = "series.json";
 
 /// Columns of f64 values with per-row timestamps and the block extremes that make
 /// downsampled reads cost the same at any length.
 pub struct History {
     names: Vec<String>,
     by_name: HashMap<String, usize>,
-    timestamps_ms: Vec<i64>,
-    columns: Vec<Column>,
+    chunks: Vec<Chunk>,
+    tail: Tail,
+    /// Rows readers see: the committed ones.
+    committed: u64,
+    last_timestamp_ms: i64,
+    /// Source positions stored with the rows (e.g. the last Redis stream entry).
+    marks: BTreeMap<String, String>,
+    store: Option<Store>,
 }
 
 impl History {
+    /// A history kept in memory only (tests, `plugin test`, benchmarks).
     pub fn new(names: Vec<String>) -> History {
         let by_name = names.iter().enumerate().map(|(index, name)| (name.clone(), index)).collect();
-        let columns = names.iter().map(|_| Column::default()).collect();
-        History { names, by_name, timestamps_ms: Vec::new(), columns }
+        let tail = Tail::new(0, names.len());
+        History { names, by_name, chunks: Vec::new(), tail, committed: 0, last_timestamp_ms: i64::MIN, marks: BTreeMap::new(), store: None }
+    }
+
+    /// Opens (or creates) the durable history in `dir`: sealed chunks are mapped, the log
+    /// is replayed up to its last commit. The folder must hold the same series.
+    pub fn open(dir: &Path, names: Vec<String>) -> Result<History> {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create the history folder {}", dir.display()))?;
+        let series_path = dir.join(SERIES_FILE);
+        match std::fs::read_to_string(&series_path) {
+            Ok(text) => {
+                let stored: Vec<String> =
+                    serde_json::from_str(&text).with_context(|| format!("{}: not a list of series names", series_path.display()))?;
+                ensure!(
+                    stored == names,
+                    "the history in {} holds the series [{}] but the configuration produces [{}]: use the same transforms, \
+                     or another history folder (runtime.history_dir) for a new run",
+                    dir.display(),
+                    stored.join(", "),
+                    names.join(", ")
+                );
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                let temporary = dir.join(format!("{SERIES_FILE}.partial"));
+                std::fs::write(&temporary, serde_json::to_string(&names)?)
+                    .and_then(|()| std::fs::rename(&temporary, &series_path))
+                    .with_context(|| format!("cannot write {}", series_path.display()))?;
+                chunk::sync_dir(dir)?;
+            }
+            Err(error) => return Err(error).with_context(|| format!("cannot read {}", series_path.display())),
+        }
+        let mut history = History::new(names);
+        let series = history.names.len();
+        while let Ok(true) = chunk::chunk_path(dir, history.chunks.len()).try_exists() {
+            let chunk = Chunk::open(&chunk::chunk_path(dir, history.chunks.len()), series)?;
+            ensure!(
+                chunk.first_row == (history.chunks.len() * CHUNK_ROWS) as u64,
+                "{}: starts at row {}, expected {}",
+                Chunk::file_name(history.chunks.len()),
+                chunk.first_row,
+                history.chunks.len() * CHUNK_ROWS
+            );
+            history.chunks.push(chunk);
+        }
+        let sealed = (history.chunks.len() * CHUNK_ROWS) as u64;
+        history.tail = Tail::new(sealed, series);
+        history.last_timestamp_ms = history.chunks.last().and_then(|chunk| chunk.timestamps().last().copied()).unwrap_or(i64::MIN);
+        let wal = match wal::recover(dir, series)? {
+            Some((first_row, recovered)) => {
+                ensure!(
+                    first_row <= sealed,
+                    "{}: the log starts at row {first_row} but only {sealed} rows are sealed; a chunk file is missing",
+                    dir.display()
+                );
+                if recovered.discarded_bytes > 0 {
+                    tracing::warn!(
+                        "{}: {} bytes after the last commit were cut off (never acknowledged)",
+                        dir.join(wal::WAL_FILE).display(),
+                        recovered.discarded_bytes
+                    );
+                }
+                history.marks = recovered.marks;
+                // Rows already sealed stay in the log when a crash came between sealing and
+                // starting the next log.
+                for row in recovered.rows.into_iter().filter(|row| row.row >= sealed) {
+                    history.append(row.timestamp_ms, &row.values);
+                }
+                Wal::reopen(dir)?
+            }
+            None => Wal::create(dir, series, sealed, &BTreeMap::new(), &[])?,
+        };
+        history.committed = history.total_rows();
+        history.store = Some(Store { dir: dir.to_path_buf(), wal });
+        if history.tail.timestamps_ms.len() >= CHUNK_ROWS {
+            history.seal_full_chunks()?;
+        }
+        Ok(history)
     }
 
     pub fn shared(self) -> SharedHistory {
         Arc::new(RwLock::new(self))
+    }
+
+    /// The folder of a durable history.
+    pub fn dir(&self) -> Option<&Path> {
+        self.store.as_ref().map(|store| store.dir.as_path())
     }
 
     pub fn series_names(&self) -> &[String] {
@@ -83,55 +274,129 @@ impl History {
         self.by_name.get(name).copied()
     }
 
+    /// Committed rows: the ones readers see.
     pub fn row_count(&self) -> u64 {
-        self.timestamps_ms.len() as u64
+        self.committed
     }
 
-    /// Appends one row. Timestamps are made non-decreasing so that time ranges map to
-    /// row ranges by binary search.
-    ///
-    /// # Panics
-    /// If `values` has not one value per series: ingest builds rows from the same
-    /// series list, so a mismatch is a bug in the host.
-    pub fn push_row(&mut self, timestamp_ms: i64, values: &[f64]) {
-        assert_eq!(values.len(), self.columns.len(), "a row needs one value per series");
-        let timestamp_ms = timestamp_ms.max(self.timestamps_ms.last().copied().unwrap_or(i64::MIN));
-        self.timestamps_ms.push(timestamp_ms);
-        for (column, value) in self.columns.iter_mut().zip(values) {
-            column.values.push(*value);
-            column.extremes.on_push(&column.values);
+    /// The position last stored for `source`, as of the last commit.
+    pub fn mark(&self, source: &str) -> Option<&str> {
+        self.marks.get(source).map(String::as_str)
+    }
+
+    /// Appends one row, seen by readers from the next `commit`. Timestamps are made
+    /// non-decreasing so that time ranges map to row ranges by binary search.
+    pub fn push_row(&mut self, timestamp_ms: i64, values: &[f64]) -> Result<()> {
+        ensure!(values.len() == self.names.len(), "a row needs one value per series ({}), got {}", self.names.len(), values.len());
+        let timestamp_ms = timestamp_ms.max(self.last_timestamp_ms);
+        if let Some(store) = &mut self.store {
+            store.wal.append_row(self.tail.first_row + self.tail.timestamps_ms.len() as u64, timestamp_ms, values)?;
         }
+        self.append(timestamp_ms, values);
+        Ok(())
+    }
+
+    /// Records where a source stands, stored atomically with the rows of the next commit.
+    pub fn set_mark(&mut self, source: &str, position: &str) -> Result<()> {
+        if let Some(store) = &mut self.store {
+            store.wal.append_mark(source, position)?;
+        }
+        self.marks.insert(source.to_string(), position.to_string());
+        Ok(())
+    }
+
+    /// Makes every pushed row durable and visible, then seals full chunks.
+    pub fn commit(&mut self) -> Result<()> {
+        let total = self.total_rows();
+        if let Some(store) = &mut self.store {
+            store.wal.commit(total)?;
+        }
+        self.committed = total;
+        self.seal_full_chunks()
+    }
+
+    fn append(&mut self, timestamp_ms: i64, values: &[f64]) {
+        self.last_timestamp_ms = timestamp_ms;
+        self.tail.push(timestamp_ms, values);
+    }
+
+    fn total_rows(&self) -> u64 {
+        self.tail.first_row + self.tail.timestamps_ms.len() as u64
+    }
+
+    fn seal_full_chunks(&mut self) -> Result<()> {
+        while self.tail.timestamps_ms.len() >= CHUNK_ROWS {
+            let index = self.chunks.len();
+            let chunk = Chunk::encode(&ChunkData {
+                first_row: self.tail.first_row,
+                timestamps_ms: &self.tail.timestamps_ms[..CHUNK_ROWS],
+                columns: self
+                    .tail
+                    .columns
+                    .iter()
+                    .map(|column| (&column.values[..CHUNK_ROWS], column.extremes.levels().collect()))
+                    .collect(),
+            });
+            let chunk = match &mut self.store {
+                Some(store) => {
+                    let chunk = chunk.persist(&store.dir, &Chunk::file_name(index))?;
+                    let rest: Vec<LoggedRow> =
+                        (CHUNK_ROWS..self.tail.timestamps_ms.len()).map(|local| self.tail.logged_row(local)).collect();
+                    store.wal = Wal::create(&store.dir, self.names.len(), self.tail.first_row + CHUNK_ROWS as u64, &self.marks, &rest)?;
+                    chunk
+                }
+                None => chunk,
+            };
+            self.chunks.push(chunk);
+            self.tail.drop_first_chunk();
+        }
+        Ok(())
     }
 
     /// Rows `first..first + max_rows`, clipped to the history.
     pub fn batch(&self, first: u64, max_rows: u64) -> RowBatch {
         let (start, end) = self.clip(first, max_rows);
-        RowBatch {
+        let mut batch = RowBatch {
             first_row: start as u64,
-            timestamps_ms: self.timestamps_ms[start..end].to_vec(),
-            columns: self.columns.iter().map(|column| column.values[start..end].to_vec()).collect(),
+            timestamps_ms: Vec::with_capacity(end - start),
+            columns: vec![Vec::with_capacity(end - start); self.names.len()],
+        };
+        for (segment, first, end) in self.segments(start, end) {
+            batch.timestamps_ms.extend_from_slice(&segment.timestamps()[first..end]);
+            for (series, column) in batch.columns.iter_mut().enumerate() {
+                column.extend_from_slice(&segment.values(series)[first..end]);
+            }
         }
+        batch
     }
 
     pub fn read_series(&self, name: &str, first: u64, count: u64) -> Result<Vec<f64>, ReadError> {
-        let column = self.column(name)?;
+        let series = self.index_of(name)?;
         let (start, end) = self.clip(first, count);
-        Ok(column.values[start..end].to_vec())
+        let mut values = Vec::with_capacity(end - start);
+        for (segment, first, end) in self.segments(start, end) {
+            values.extend_from_slice(&segment.values(series)[first..end]);
+        }
+        Ok(values)
     }
 
     pub fn read_timestamps(&self, first: u64, count: u64) -> Vec<i64> {
         let (start, end) = self.clip(first, count);
-        self.timestamps_ms[start..end].to_vec()
+        let mut timestamps = Vec::with_capacity(end - start);
+        for (segment, first, end) in self.segments(start, end) {
+            timestamps.extend_from_slice(&segment.timestamps()[first..end]);
+        }
+        timestamps
     }
 
     /// The row range `start..end` that a span covers.
     pub fn resolve(&self, span: Span) -> (usize, usize) {
         match span {
-            Span::All => (0, self.timestamps_ms.len()),
+            Span::All => (0, self.committed as usize),
             Span::Rows { first, count } => self.clip(first, count),
             Span::Time { from_ms, to_ms } => {
-                let start = self.timestamps_ms.partition_point(|t| *t < from_ms);
-                let end = self.timestamps_ms.partition_point(|t| *t <= to_ms);
+                let start = self.partition_point(|t| t < from_ms);
+                let end = self.partition_point(|t| t <= to_ms);
                 (start, end.max(start))
             }
         }
@@ -142,13 +407,16 @@ impl History {
     /// point (fewer where they coincide). First and last are kept even when NaN, so gaps
     /// stay visible; minimum and maximum ignore NaN.
     pub fn downsample(&self, name: &str, span: Span, max_points: u32) -> Result<Points, ReadError> {
-        let column = self.column(name)?;
+        let series = self.index_of(name)?;
         let (start, end) = self.resolve(span);
         let max_points = (max_points as usize).max(1);
         let mut points = Points::default();
         if end - start <= max_points {
-            for row in start..end {
-                self.push_point(&mut points, column, row);
+            for (segment, first, end) in self.segments(start, end) {
+                let base = segment.first_row();
+                points.rows.extend((first..end).map(|local| base + local as u64));
+                points.timestamps_ms.extend_from_slice(&segment.timestamps()[first..end]);
+                points.values.extend_from_slice(&segment.values(series)[first..end]);
             }
             return Ok(points);
         }
@@ -157,7 +425,7 @@ impl History {
             let span = end - start - 1;
             for index in 0..max_points {
                 let row = start + if max_points == 1 { 0 } else { index * span / (max_points - 1) };
-                self.push_point(&mut points, column, row);
+                self.push_point(&mut points, series, row);
             }
             return Ok(points);
         }
@@ -167,7 +435,7 @@ impl History {
         for bucket in 0..buckets {
             let first = start + bucket * width / buckets;
             let last = start + (bucket + 1) * width / buckets - 1;
-            let extremes = column.extremes.range(&column.values, first, last + 1);
+            let extremes = self.extremes(series, first, last + 1);
             kept[0] = first;
             let mut count = 1;
             if !extremes.is_empty() {
@@ -181,7 +449,7 @@ impl History {
             let mut previous = usize::MAX;
             for &row in &kept[..count] {
                 if row != previous {
-                    self.push_point(&mut points, column, row);
+                    self.push_point(&mut points, series, row);
                     previous = row;
                 }
             }
@@ -189,18 +457,71 @@ impl History {
         Ok(points)
     }
 
-    fn push_point(&self, points: &mut Points, column: &Column, row: usize) {
-        points.rows.push(row as u64);
-        points.timestamps_ms.push(self.timestamps_ms[row]);
-        points.values.push(column.values[row]);
+    /// The largest non-NaN committed value of a series, if any.
+    pub fn maximum(&self, name: &str) -> Option<f64> {
+        let extremes = self.extremes(self.series_index(name)?, 0, self.committed as usize);
+        (!extremes.is_empty()).then_some(extremes.max)
     }
 
-    fn column(&self, name: &str) -> Result<&Column, ReadError> {
-        self.series_index(name).map(|index| &self.columns[index]).ok_or_else(|| ReadError::UnknownSeries(name.to_string()))
+    fn extremes(&self, series: usize, start: usize, end: usize) -> MinMax {
+        let mut result = MinMax::EMPTY;
+        for (segment, first, end) in self.segments(start, end) {
+            result.merge(&segment.extremes(series, first, end));
+        }
+        result
+    }
+
+    fn push_point(&self, points: &mut Points, series: usize, row: usize) {
+        let (segment, local) = self.locate(row);
+        points.rows.push(row as u64);
+        points.timestamps_ms.push(segment.timestamps()[local]);
+        points.values.push(segment.values(series)[local]);
+    }
+
+    /// The segment holding `row` and the row's index in it.
+    fn locate(&self, row: usize) -> (Segment<'_>, usize) {
+        match self.chunks.get(row / CHUNK_ROWS) {
+            Some(chunk) => (Segment::Chunk(chunk), row % CHUNK_ROWS),
+            None => (Segment::Tail(&self.tail), row - self.tail.first_row as usize),
+        }
+    }
+
+    /// The segments covering rows `start..end`, each with the local range it holds.
+    fn segments(&self, start: usize, end: usize) -> impl Iterator<Item = (Segment<'_>, usize, usize)> {
+        let mut row = start;
+        std::iter::from_fn(move || {
+            if row >= end {
+                return None;
+            }
+            let (segment, local) = self.locate(row);
+            let count = (segment.timestamps().len() - local).min(end - row);
+            row += count;
+            Some((segment, local, local + count))
+        })
+    }
+
+    /// The first committed row whose timestamp does not satisfy `before` (timestamps are
+    /// sorted).
+    fn partition_point(&self, before: impl Fn(i64) -> bool) -> usize {
+        let (mut low, mut high) = (0, self.committed as usize);
+        while low < high {
+            let middle = low + (high - low) / 2;
+            let (segment, local) = self.locate(middle);
+            if before(segment.timestamps()[local]) {
+                low = middle + 1;
+            } else {
+                high = middle;
+            }
+        }
+        low
+    }
+
+    fn index_of(&self, name: &str) -> Result<usize, ReadError> {
+        self.series_index(name).ok_or_else(|| ReadError::UnknownSeries(name.to_string()))
     }
 
     fn clip(&self, first: u64, count: u64) -> (usize, usize) {
-        let len = self.timestamps_ms.len() as u64;
+        let len = self.committed;
         let start = first.min(len);
         let end = first.saturating_add(count).min(len);
         (start as usize, end as usize)
@@ -214,8 +535,9 @@ mod tests {
     fn history_of(values: &[f64]) -> History {
         let mut history = History::new(vec!["x".into()]);
         for (row, value) in values.iter().enumerate() {
-            history.push_row(1000 + row as i64, &[*value]);
+            history.push_row(1000 + row as i64, &[*value]).unwrap();
         }
+        history.commit().unwrap();
         history
     }
 
@@ -251,8 +573,9 @@ mod tests {
     #[test]
     fn timestamps_never_go_backwards() {
         let mut history = History::new(vec!["x".into()]);
-        history.push_row(50, &[1.0]);
-        history.push_row(40, &[2.0]);
+        history.push_row(50, &[1.0]).unwrap();
+        history.push_row(40, &[2.0]).unwrap();
+        history.commit().unwrap();
         assert_eq!(history.read_timestamps(0, 10), vec![50, 50]);
     }
 
@@ -260,5 +583,88 @@ mod tests {
     fn unknown_series_is_an_error() {
         let history = history_of(&[1.0]);
         assert_eq!(history.read_series("y", 0, 1), Err(ReadError::UnknownSeries("y".into())));
+    }
+
+    fn spiky(row: usize) -> f64 {
+        match row {
+            40_001 => 1e9,
+            70_123 => -1e9,
+            _ if row % 1000 == 7 => f64::NAN,
+            _ => (row % 13) as f64,
+        }
+    }
+
+    fn fill(history: &mut History, rows: std::ops::Range<usize>) {
+        for row in rows {
+            history.push_row(row as i64 * 10, &[spiky(row), row as f64]).unwrap();
+        }
+    }
+
+    #[test]
+    fn reads_across_sealed_chunks_match_the_rows_pushed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut durable = History::open(dir.path(), vec!["x".into(), "row".into()]).unwrap();
+        let mut in_memory = History::new(vec!["x".into(), "row".into()]);
+        for history in [&mut durable, &mut in_memory] {
+            fill(history, 0..100_000);
+            history.commit().unwrap();
+            assert_eq!(history.chunks.len(), 100_000 / CHUNK_ROWS);
+            let batch = history.batch(CHUNK_ROWS as u64 - 3, 6);
+            assert_eq!(batch.columns[1], (CHUNK_ROWS - 3..CHUNK_ROWS + 3).map(|row| row as f64).collect::<Vec<_>>());
+            let points = history.downsample("x", Span::All, 400).unwrap();
+            assert!(points.rows.contains(&40_001) && points.rows.contains(&70_123));
+            assert_eq!(points.rows.last(), Some(&99_999));
+            let (start, end) = history.resolve(Span::Time { from_ms: 327_675, to_ms: 327_700 });
+            assert_eq!((start, end), (32_768, 32_771));
+        }
+        assert_eq!(durable.downsample("x", Span::All, 1000).unwrap().rows, in_memory.downsample("x", Span::All, 1000).unwrap().rows);
+    }
+
+    #[test]
+    fn a_reopened_history_has_every_committed_row_and_its_marks() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = vec!["x".to_string(), "row".to_string()];
+        {
+            let mut history = History::open(dir.path(), names.clone()).unwrap();
+            fill(&mut history, 0..40_000);
+            history.set_mark("redis-stream:telemetry", "1700000000000-5").unwrap();
+            history.commit().unwrap();
+            // Pushed but never committed: gone after a crash.
+            fill(&mut history, 40_000..40_010);
+        }
+        let mut history = History::open(dir.path(), names.clone()).unwrap();
+        assert_eq!(history.row_count(), 40_000);
+        assert_eq!(history.mark("redis-stream:telemetry"), Some("1700000000000-5"));
+        assert_eq!(history.read_series("row", 39_998, 10).unwrap(), vec![39_998.0, 39_999.0]);
+        fill(&mut history, 40_000..40_001);
+        history.commit().unwrap();
+        assert_eq!(History::open(dir.path(), names).unwrap().read_series("row", 40_000, 1).unwrap(), vec![40_000.0]);
+    }
+
+    #[test]
+    fn a_torn_log_end_is_cut_back_to_the_last_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = vec!["x".to_string(), "row".to_string()];
+        {
+            let mut history = History::open(dir.path(), names.clone()).unwrap();
+            fill(&mut history, 0..10);
+            history.commit().unwrap();
+        }
+        let log = dir.path().join(wal::WAL_FILE);
+        let intact = std::fs::metadata(&log).unwrap().len();
+        let mut bytes = std::fs::read(&log).unwrap();
+        bytes.extend_from_slice(&[0x30, 0, 0, 0, 0xde, 0xad]);
+        std::fs::write(&log, &bytes).unwrap();
+        let history = History::open(dir.path(), names.clone()).unwrap();
+        assert_eq!(history.row_count(), 10);
+        assert_eq!(std::fs::metadata(&log).unwrap().len(), intact);
+    }
+
+    #[test]
+    fn a_history_of_other_series_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        History::open(dir.path(), vec!["x".into()]).unwrap();
+        let error = History::open(dir.path(), vec!["y".into()]).err().unwrap().to_string();
+        assert!(error.contains("holds the series [x]") && error.contains("produces [y]"), "{error}");
     }
 }

@@ -1,7 +1,8 @@
 //! `POST /v1/samples` on the host's HTTP server: one JSON sample, a JSON array of
 //! samples, or NDJSON. Every good sample of a body is stored even when others in the same
 //! body are refused; the answer says how many were accepted and, with a 400, which were
-//! refused and why (by line for NDJSON, by index for an array).
+//! refused and why (by line for NDJSON, by index for an array). The answer comes after
+//! the accepted rows are committed: a 2xx means they are on disk.
 
 use std::sync::{Arc, Mutex};
 
@@ -61,10 +62,7 @@ fn store(endpoint: &SampleEndpoint, body: &[u8]) -> Response {
             return error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "ingest is unavailable");
         };
         let mut record = |outcome: Outcome, place: Value| match outcome {
-            Outcome::Accepted { update_due: due } => {
-                accepted += 1;
-                update_due |= due;
-            }
+            Outcome::Accepted { .. } => accepted += 1,
             Outcome::Refused(reason) => refused.push(json!({ "at": place, "reason": reason })),
         };
         let trimmed = text.trim_start();
@@ -85,6 +83,16 @@ fn store(endpoint: &SampleEndpoint, body: &[u8]) -> Response {
                         continue;
                     }
                     record(ingest.accept_line(line.as_bytes(), &format!("line {}", index + 1)), json!({ "line": index + 1 }));
+                }
+            }
+        }
+        if accepted > 0 {
+            match ingest.commit() {
+                Ok(due) => update_due = due,
+                Err(problem) => {
+                    tracing::error!("{problem:#}");
+                    let message = format!("the samples could not be stored: {problem:#}");
+                    return error(StatusCode::SERVICE_UNAVAILABLE, "storage_failed", &message);
                 }
             }
         }

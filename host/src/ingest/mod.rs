@@ -1,7 +1,10 @@
-//! Telemetry in: samples (JSON objects) become rows of the history. For now from NDJSON
-//! (a file or stdin) or a built-in demo generator.
+//! Telemetry in: samples (JSON objects) become rows of the history, from HTTP
+//! (`http`), Redis pub/sub and streams (`redis`), NDJSON (a file or stdin) or a built-in
+//! demo generator. Every source accepts a batch of samples, then `commit`s: the rows are
+//! durable and visible to plugins before the source acknowledges them.
 
 pub mod http;
+pub mod redis;
 pub mod transforms;
 
 use std::collections::HashMap;
@@ -10,6 +13,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
+use crate::callbacks::Callbacks;
 use crate::config::TelemetryConfig;
 use crate::history::SharedHistory;
 use transforms::{Fault, RowBuilder};
@@ -24,6 +28,9 @@ pub struct Ingest {
     update_interval: u64,
     log_keys: Vec<usize>,
     since_update: u64,
+    /// An update interval was reached since the last commit.
+    update_pending: bool,
+    callbacks: Callbacks,
     faults: HashMap<String, u64>,
     field_faults: Vec<Fault>,
     pub accepted: u64,
@@ -45,17 +52,22 @@ pub fn now_ms() -> i64 {
 }
 
 impl Ingest {
-    pub fn new(config: &TelemetryConfig, history: SharedHistory) -> Ingest {
+    /// Ingest into `history`; moving averages and the timer continue from its last rows.
+    pub fn new(config: &TelemetryConfig, history: SharedHistory, callbacks: Callbacks) -> Ingest {
+        let mut rows = RowBuilder::new(config.transforms.clone(), config.moving_average);
         let log_keys = {
             let history = history.read().expect("history lock");
+            rows.resume(&history);
             config.log_keys.iter().filter_map(|key| history.series_index(key)).collect()
         };
         Ingest {
-            rows: RowBuilder::new(config.transforms.clone(), config.moving_average),
+            rows,
             history,
             update_interval: config.update_interval,
             log_keys,
             since_update: 0,
+            update_pending: false,
+            callbacks,
             faults: HashMap::new(),
             field_faults: Vec::new(),
             accepted: 0,
@@ -87,21 +99,44 @@ impl Ingest {
         for fault in std::mem::take(&mut self.field_faults) {
             self.count_fault(fault_kind(&fault), || format!("{origin}: {fault}; stored as NaN"));
         }
-        self.history.write().expect("history lock").push_row(now_ms(), &row);
+        let stored = self.history.write().expect("history lock").push_row(now_ms(), &row);
+        if let Err(error) = stored {
+            return self.refuse("storage", format!("{origin}: not stored: {error:#}"));
+        }
         self.accepted += 1;
         self.since_update += 1;
         let update_due = self.since_update >= self.update_interval;
         if update_due {
             self.since_update = 0;
-            self.log_update();
+            self.update_pending = true;
         }
         Outcome::Accepted { update_due }
     }
 
-    /// Reads NDJSON until the end of `reader`, calling `on_update` at every update
-    /// interval and once at the end.
-    pub fn read_ndjson(&mut self, reader: impl BufRead, origin: &str, on_update: impl FnMut()) -> std::io::Result<()> {
-        read_ndjson_with(reader, origin, |line, at| self.accept_line(line, at), on_update)
+    /// Records where `source` stands, stored atomically with the rows of the next commit.
+    pub fn set_mark(&mut self, source: &str, position: &str) -> anyhow::Result<()> {
+        self.history.write().expect("history lock").set_mark(source, position)
+    }
+
+    /// Makes the accepted samples durable and visible to plugins. When an update interval
+    /// was reached since the last commit, also logs `log_keys`, runs the callbacks and
+    /// returns true: the caller then wakes the plugins. A source acknowledges its samples
+    /// only after this returns `Ok`.
+    pub fn commit(&mut self) -> anyhow::Result<bool> {
+        self.history.write().expect("history lock").commit()?;
+        let update_due = std::mem::take(&mut self.update_pending);
+        if update_due {
+            self.log_update();
+            self.callbacks.on_update(&self.history.read().expect("history lock"));
+        }
+        Ok(update_due)
+    }
+
+    /// Reads NDJSON until the end of `reader`, committing at every update interval and
+    /// at the end.
+    pub fn read_ndjson(&mut self, reader: impl BufRead, origin: &str) -> anyhow::Result<()> {
+        let ingest = std::cell::RefCell::new(self);
+        read_ndjson_with(reader, origin, |line, at| ingest.borrow_mut().accept_line(line, at), || ingest.borrow_mut().commit().map(drop))
     }
 
     /// How many samples or values failed, by kind of fault.
@@ -109,7 +144,13 @@ impl Ingest {
         &self.faults
     }
 
-    fn refuse(&mut self, kind: &str, message: String) -> Outcome {
+    /// Where `source` stood at the last commit (see `set_mark`).
+    pub fn history_mark(&self, source: &str) -> Option<String> {
+        self.history.read().expect("history lock").mark(source).map(str::to_string)
+    }
+
+    /// Counts and reports a sample that a source could not hand over.
+    pub fn refuse(&mut self, kind: &str, message: String) -> Outcome {
         self.refused += 1;
         self.count_fault(kind.to_string(), || message.clone());
         Outcome::Refused(message)
@@ -144,14 +185,14 @@ impl Ingest {
 }
 
 /// Reads NDJSON lines until the end of `reader`, handing each to `accept` (which may lock
-/// an ingest shared with other inputs one line at a time) and calling `on_update` at every
+/// an ingest shared with other inputs one line at a time) and calling `commit` at every
 /// update interval and once at the end.
 pub fn read_ndjson_with(
     reader: impl BufRead,
     origin: &str,
     mut accept: impl FnMut(&[u8], &str) -> Outcome,
-    mut on_update: impl FnMut(),
-) -> std::io::Result<()> {
+    mut commit: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
     for (index, line) in reader.split(b'\n').enumerate() {
         let line = line?;
         let line = line.strip_suffix(b"\r").unwrap_or(&line);
@@ -159,11 +200,10 @@ pub fn read_ndjson_with(
             continue;
         }
         if let Outcome::Accepted { update_due: true } = accept(line, &format!("{origin}:{}", index + 1)) {
-            on_update();
+            commit()?;
         }
     }
-    on_update();
-    Ok(())
+    commit()
 }
 
 /// Samples of a fake training run, one episode each, forever.

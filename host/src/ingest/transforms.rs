@@ -150,6 +150,23 @@ impl RowBuilder {
         RowBuilder { transforms, windows, window_len: moving_average.max(1), started: Instant::now() }
     }
 
+    /// Continues a run: the moving-average windows take the last values of `history`
+    /// and the timer goes on from its last value.
+    pub fn resume(&mut self, history: &crate::history::History) {
+        let rows = history.row_count();
+        for (transform, window) in self.transforms.iter().zip(&mut self.windows) {
+            let first = rows.saturating_sub(self.window_len as u64);
+            let last_values = history.read_series(&transform.name(), first, self.window_len as u64).unwrap_or_default();
+            if let TransformSpec::Timer { .. } = transform
+                && let Some(seconds) = last_values.last().filter(|seconds| seconds.is_finite() && **seconds >= 0.0)
+            {
+                self.started = Instant::now().checked_sub(std::time::Duration::from_secs_f64(*seconds)).unwrap_or(self.started);
+            }
+            window.clear();
+            window.extend(last_values);
+        }
+    }
+
     /// The row for one sample, and the faults of the transforms that could not read it
     /// (their values are NaN). A sample that no data transform can read is refused.
     pub fn row(&mut self, sample: &Value, faults: &mut Vec<Fault>) -> Result<Vec<f64>, Fault> {

@@ -2,6 +2,7 @@
 //! Capability code lives in `crate::capabilities`; this module only wires it up.
 
 pub mod cache;
+pub mod cursor;
 pub mod instance;
 pub mod loader;
 pub mod manifest;
@@ -18,6 +19,7 @@ use crate::capabilities::outgoing_http::Transport;
 use crate::capabilities::secrets::Secrets;
 use crate::config::HostConfig;
 use crate::history::SharedHistory;
+use cursor::Cursor;
 use instance::PluginEnv;
 use loader::{LoadedPlugin, Runtime};
 use manifest::{ListenGrant, Manifest};
@@ -62,6 +64,10 @@ impl PluginSet {
             .collect();
         let secrets = Secrets::resolve(secret_names.iter().map(String::as_str), &config.secrets);
         let transport = Transport::network()?;
+        let (cursors_dir, rows) = {
+            let history = history.read().expect("history lock");
+            (history.dir().map(|dir| dir.join("cursors")), history.row_count())
+        };
         let mut set = PluginSet { runners: Vec::new(), failed, listen: Vec::new() };
         for mut manifest in manifests {
             let overrides = config.plugins.get(&manifest.name).cloned().unwrap_or_default();
@@ -75,7 +81,14 @@ impl PluginSet {
                 Ok(plugin) => {
                     tracing::info!(plugin = %name, origin = ?plugin.origin, "loaded in {:.1} ms", plugin.load_time.as_secs_f64() * 1e3);
                     let env = plugin_env(config, history, &secrets, &transport);
-                    set.add(plugin, env, 0, runner_options(config))?;
+                    let cursor = match &cursors_dir {
+                        Some(dir) => Cursor::open(dir, &name, rows)?,
+                        None => Cursor::from(0),
+                    };
+                    if cursor.next_row > 0 {
+                        tracing::info!(plugin = %name, "resuming at row {} of {rows}", cursor.next_row);
+                    }
+                    set.add(plugin, env, cursor, runner_options(config))?;
                 }
                 Err(error) => {
                     tracing::error!("{error:#}");
@@ -87,9 +100,9 @@ impl PluginSet {
     }
 
     /// Starts one loaded plugin from `cursor`.
-    pub fn add(&mut self, plugin: LoadedPlugin, env: PluginEnv, cursor: u64, options: RunnerOptions) -> Result<()> {
+    pub fn add(&mut self, plugin: LoadedPlugin, env: PluginEnv, cursor: impl Into<Cursor>, options: RunnerOptions) -> Result<()> {
         let listen = plugin.manifest.grants.listen.clone().filter(|_| plugin.http_handler.is_some());
-        let runner = PluginRunner::spawn(plugin, env, cursor, options)?;
+        let runner = PluginRunner::spawn(plugin, env, cursor.into(), options)?;
         if let Some(grant) = listen {
             self.listen.push((grant, runner.http_endpoint()));
         }
@@ -135,7 +148,8 @@ pub fn plugin_env(config: &HostConfig, history: &SharedHistory, secrets: &Secret
         log_capture: None,
         host_config_json: serde_json::to_string(config).unwrap_or_else(|_| "{}".into()),
         step_series: config.telemetry.step_key.clone(),
-        run_started_ms: crate::ingest::now_ms(),
+        // A resumed run started when its first row arrived.
+        run_started_ms: history.read().expect("history lock").read_timestamps(0, 1).first().copied().unwrap_or_else(crate::ingest::now_ms),
         denied: Arc::new(AtomicU64::new(0)),
     }
 }

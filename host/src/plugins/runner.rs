@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use super::cursor::{Cursor, CursorFile};
 use super::instance::{CallFailure, Instance, PluginEnv};
 use super::loader::LoadedPlugin;
 use crate::bindings::http_types::{Request, Response};
@@ -93,12 +94,21 @@ impl HttpEndpoint {
 
 impl PluginRunner {
     /// Starts the plugin's thread; it delivers rows from `cursor` on.
-    pub fn spawn(plugin: LoadedPlugin, env: PluginEnv, cursor: u64, options: RunnerOptions) -> std::io::Result<PluginRunner> {
+    pub fn spawn(plugin: LoadedPlugin, env: PluginEnv, cursor: Cursor, options: RunnerOptions) -> std::io::Result<PluginRunner> {
         let (sender, receiver) = channel();
         let notified = Arc::new(AtomicBool::new(false));
-        let stats = Arc::new(PluginStats { cursor: AtomicU64::new(cursor), denied: env.denied.clone(), ..PluginStats::default() });
+        let stats = Arc::new(PluginStats { cursor: AtomicU64::new(cursor.next_row), denied: env.denied.clone(), ..PluginStats::default() });
         let name = plugin.manifest.name.clone();
-        let mut worker = Worker { plugin, env, options, commands: receiver, notified: notified.clone(), stats: stats.clone(), failures: 0 };
+        let mut worker = Worker {
+            plugin,
+            env,
+            options,
+            commands: receiver,
+            notified: notified.clone(),
+            stats: stats.clone(),
+            cursor_file: cursor.file,
+            failures: 0,
+        };
         let thread = std::thread::Builder::new().name(format!("plugin-{name}")).spawn(move || worker.run())?;
         Ok(PluginRunner { name, sender, notified, stats, thread: Some(thread) })
     }
@@ -132,6 +142,7 @@ struct Worker {
     commands: Receiver<Command>,
     notified: Arc<AtomicBool>,
     stats: Arc<PluginStats>,
+    cursor_file: Option<CursorFile>,
     failures: u32,
 }
 
@@ -248,13 +259,13 @@ impl Worker {
             let rows = batch.timestamps_ms.len() as u64;
             match self.timed(|| instance.update(batch)) {
                 Ok(()) => {
-                    self.stats.cursor.store(cursor + rows, Ordering::Release);
+                    self.advance(cursor + rows);
                     self.stats.rows_delivered.fetch_add(rows, Ordering::Relaxed);
                     self.failures = 0;
                 }
                 Err(CallFailure::Plugin(ConnectorError::Rejected(message))) => {
                     tracing::warn!(plugin = self.name(), rows, first_row = cursor, "rows rejected by the plugin: {message}");
-                    self.stats.cursor.store(cursor + rows, Ordering::Release);
+                    self.advance(cursor + rows);
                     self.stats.rows_rejected.fetch_add(rows, Ordering::Relaxed);
                 }
                 Err(CallFailure::Plugin(ConnectorError::Unavailable(message))) => {
@@ -268,6 +279,13 @@ impl Worker {
                     return Delivery::InstanceLost;
                 }
             }
+        }
+    }
+
+    fn advance(&self, next_row: u64) {
+        self.stats.cursor.store(next_row, Ordering::Release);
+        if let Some(file) = &self.cursor_file {
+            file.store(next_row);
         }
     }
 
@@ -296,6 +314,9 @@ impl Worker {
                 Delivery::RetryLater => std::thread::sleep(self.backoff().min(Duration::from_secs(2))),
                 Delivery::InstanceLost => return,
             }
+        }
+        if let Some(file) = &self.cursor_file {
+            file.sync();
         }
         if let Err(failure) = self.timed(|| instance.stop()) {
             tracing::error!(plugin = self.name(), "stop failed: {failure}");

@@ -1,0 +1,157 @@
+//! Sealed chunks: `CHUNK_ROWS` consecutive rows, column by column, with the block
+//! extremes of every series, in one immutable file that is read through a memory map.
+//! A chunk file is written beside its final name, synced, then renamed into place, so
+//! a chunk either exists whole or not at all.
+//!
+//! Layout, in little-endian 8-byte words: a header (`MAGIC`, first row, rows, series),
+//! the timestamps, each series' values, then each series' extremes levels, finest first.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, ensure};
+use memmap2::Mmap;
+
+use super::extremes::{FANOUT, MinMax};
+
+#[cfg(target_endian = "big")]
+compile_error!("history chunks are stored little-endian and read in place: big-endian targets are not supported");
+
+/// Rows per chunk: `FANOUT^5`, so a chunk's extremes end in one block for the whole chunk.
+pub const CHUNK_ROWS: usize = 32_768;
+/// Extremes levels per series: blocks of 8, 64, 512, 4096 and 32768 rows.
+pub const LEVELS: usize = 5;
+const MAGIC: u64 = u64::from_le_bytes(*b"THCHUNK1");
+const HEADER_WORDS: usize = 8;
+const MINMAX_WORDS: usize = size_of::<MinMax>() / 8;
+
+/// Entries of each extremes level of a full chunk.
+const fn level_len(level: usize) -> usize {
+    CHUNK_ROWS / FANOUT.pow(level as u32 + 1)
+}
+
+/// Words of a series' extremes before level `level`; `level_offset(LEVELS)` is all of them.
+const fn level_offset(level: usize) -> usize {
+    let mut words = 0;
+    let mut finer = 0;
+    while finer < level {
+        words += level_len(finer) * MINMAX_WORDS;
+        finer += 1;
+    }
+    words
+}
+
+const fn extremes_words() -> usize {
+    level_offset(LEVELS)
+}
+
+/// The rows of a full chunk, to be sealed.
+pub struct ChunkData<'a> {
+    pub first_row: u64,
+    pub timestamps_ms: &'a [i64],
+    pub columns: Vec<(&'a [f64], Vec<&'a [MinMax]>)>,
+}
+
+/// The bytes of a sealed chunk: mapped from its file, or owned (histories kept in memory).
+enum Bytes {
+    Mapped(Mmap),
+    Owned(Vec<u64>),
+}
+
+/// A sealed chunk, read in place.
+pub struct Chunk {
+    bytes: Bytes,
+    series: usize,
+    pub first_row: u64,
+}
+
+impl Chunk {
+    pub fn file_name(index: usize) -> String {
+        format!("chunk-{index:08}.bin")
+    }
+
+    /// Encodes a full chunk in memory.
+    pub fn encode(data: &ChunkData) -> Chunk {
+        let series = data.columns.len();
+        let mut words = Vec::with_capacity(HEADER_WORDS + CHUNK_ROWS * (1 + series) + extremes_words() * series);
+        words.extend([MAGIC, data.first_row, CHUNK_ROWS as u64, series as u64, 0, 0, 0, 0]);
+        words.extend(data.timestamps_ms.iter().map(|t| *t as u64));
+        for (values, _) in &data.columns {
+            words.extend(values.iter().map(|v| v.to_bits()));
+        }
+        for (_, levels) in &data.columns {
+            for (level, blocks) in levels.iter().enumerate().take(LEVELS) {
+                debug_assert_eq!(blocks.len(), level_len(level));
+                words.extend(bytemuck::cast_slice::<MinMax, u64>(blocks));
+            }
+        }
+        Chunk { bytes: Bytes::Owned(words), series, first_row: data.first_row }
+    }
+
+    /// Writes the chunk as `dir/name` (temporary file, sync, rename, directory sync) and
+    /// returns it mapped from there, its owned copy released.
+    pub fn persist(self, dir: &Path, name: &str) -> Result<Chunk> {
+        let path = dir.join(name);
+        let temporary = dir.join(format!("{name}.partial"));
+        let mut file = File::create(&temporary).with_context(|| format!("cannot create {}", temporary.display()))?;
+        file.write_all(self.bytes()).and_then(|()| file.sync_all()).with_context(|| format!("cannot write {}", temporary.display()))?;
+        std::fs::rename(&temporary, &path).with_context(|| format!("cannot rename {} into place", temporary.display()))?;
+        sync_dir(dir)?;
+        Chunk::open(&path, self.series)
+    }
+
+    /// Maps a chunk file, checking its header and size.
+    pub fn open(path: &Path, series: usize) -> Result<Chunk> {
+        let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        // SAFETY: chunk files are immutable once renamed into place and only this host
+        // writes the history folder; the map is read-only.
+        let map = unsafe { Mmap::map(&file) }.with_context(|| format!("cannot map {}", path.display()))?;
+        let expected = (HEADER_WORDS + CHUNK_ROWS * (1 + series) + extremes_words() * series) * 8;
+        ensure!(map.len() == expected, "{}: {} bytes, a chunk of {series} series has {expected}", path.display(), map.len());
+        let header: &[u64] = bytemuck::try_cast_slice(&map[..HEADER_WORDS * 8]).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        ensure!(header[0] == MAGIC, "{}: not a history chunk", path.display());
+        ensure!(
+            header[2] == CHUNK_ROWS as u64 && header[3] == series as u64,
+            "{}: a chunk of {} rows and {} series, expected {CHUNK_ROWS} and {series}",
+            path.display(),
+            header[2],
+            header[3]
+        );
+        Ok(Chunk { first_row: header[1], bytes: Bytes::Mapped(map), series })
+    }
+
+    fn bytes(&self) -> &[u8] {
+        match &self.bytes {
+            Bytes::Mapped(map) => map,
+            Bytes::Owned(words) => bytemuck::cast_slice(words),
+        }
+    }
+
+    fn words(&self, first: usize, count: usize) -> &[u8] {
+        &self.bytes()[first * 8..(first + count) * 8]
+    }
+
+    pub fn timestamps(&self) -> &[i64] {
+        bytemuck::cast_slice(self.words(HEADER_WORDS, CHUNK_ROWS))
+    }
+
+    pub fn values(&self, series: usize) -> &[f64] {
+        bytemuck::cast_slice(self.words(HEADER_WORDS + CHUNK_ROWS * (1 + series), CHUNK_ROWS))
+    }
+
+    /// The extremes levels of one series, finest first.
+    pub fn levels(&self, series: usize) -> impl Iterator<Item = &[MinMax]> + Clone {
+        let start = HEADER_WORDS + CHUNK_ROWS * (1 + self.series) + extremes_words() * series;
+        (0..LEVELS).map(move |level| bytemuck::cast_slice(self.words(start + level_offset(level), level_len(level) * MINMAX_WORDS)))
+    }
+}
+
+pub fn chunk_path(dir: &Path, index: usize) -> PathBuf {
+    dir.join(Chunk::file_name(index))
+}
+
+/// Makes renames and new files in `dir` durable.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir).and_then(|handle| handle.sync_all()).with_context(|| format!("cannot sync directory {}", dir.display()))
+}
