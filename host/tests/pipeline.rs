@@ -209,3 +209,62 @@ fn save_best_publishes_on_each_new_best() {
     assert!(messages.get_message().is_err(), "3 is not a new best: no third message");
     host.terminate(dir.path());
 }
+
+fn rss_mb(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|line| line.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse::<f64>().unwrap() / 1024.0
+}
+
+#[test]
+fn bad_input_gets_its_error_the_host_keeps_running_and_memory_stays_bounded() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    write_config(dir.path(), port, &redis_section(&redis, "telemetry", ""));
+    let host = HostProcess::start(dir.path(), port, "none");
+    let client = reqwest::blocking::Client::new();
+    let url = format!("http://127.0.0.1:{port}/v1/samples");
+    let post = |body: Vec<u8>| client.post(&url).body(body).send().map(|response| response.status().as_u16());
+    let before = rss_mb(host.child.id());
+
+    let bad: Vec<(&str, Vec<u8>)> = vec![
+        ("malformed JSON", b"{\"ep_reward\": ".to_vec()),
+        ("NaN token", b"{\"ep_reward\": NaN}".to_vec()),
+        ("Infinity token", b"{\"ep_reward\": Infinity}".to_vec()),
+        ("a number beyond f64", b"{\"ep_reward\": 1e999}".to_vec()),
+        ("a string instead of a number only", b"{\"ep_reward\": \"high\", \"ep_steps\": \"x\", \"total_steps\": null}".to_vec()),
+        ("deep nesting", format!("{{\"ep_reward\": {}1{}}}", "[".repeat(100_000), "]".repeat(100_000)).into_bytes()),
+        ("invalid UTF-8", vec![b'{', 0xc3, 0x28, b'}']),
+    ];
+    for (what, body) in bad {
+        assert_eq!(post(body).unwrap(), 400, "{what}");
+    }
+    // 100 MB: refused by its size, never buffered whole.
+    let huge = vec![b' '; 100 << 20];
+    match post(huge) {
+        Ok(status) => assert_eq!(status, 413),
+        Err(error) => assert!(error.is_request() || error.is_body(), "{error}"),
+    }
+    // The same on Redis: each fault counted, the host goes on.
+    let mut connection = redis.connection();
+    assert!(wait_until(Duration::from_secs(30), || {
+        let counts: Vec<(String, u64)> = redis::cmd("PUBSUB").arg("NUMSUB").arg("telemetry").query(&mut connection).unwrap();
+        counts.first().is_some_and(|(_, count)| *count == 1)
+    }));
+    for payload in [&b"\xff\xfe"[..], b"[]", b"{}", b"{\"ep_reward\": [1, 2]}"] {
+        redis::cmd("PUBLISH").arg("telemetry").arg(payload).query::<u64>(&mut connection).unwrap();
+    }
+    redis::cmd("XADD").arg("telemetry").arg("*").arg("other").arg("1").query::<String>(&mut connection).unwrap();
+    assert_eq!(post(sample(7).into_bytes()).unwrap(), 200, "good samples still go in");
+    assert!(wait_until(Duration::from_secs(30), || host.figure("telemetry_samples_refused_total") >= 12.0), "{}", host_log(dir.path()));
+    assert_eq!(host.figure("telemetry_rows_stored"), 1.0);
+    let figures = host.figures().unwrap();
+    for kind in ["invalid-json", "invalid-utf8", "not-an-object", "no-sample-field", "missing-key:ep_reward", "not-numeric:ep_reward"] {
+        assert!(figures.contains_key(&format!("telemetry_sample_faults_total{{kind=\"{kind}\"}}")), "{kind}: {figures:?}");
+    }
+    let after = rss_mb(host.child.id());
+    assert!(after - before < 64.0, "RSS grew from {before:.0} MB to {after:.0} MB");
+    assert_eq!(host_log(dir.path()).matches("further faults of this kind are counted").count(), 6, "each kind of fault is logged once");
+    host.terminate(dir.path());
+}

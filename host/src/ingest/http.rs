@@ -52,7 +52,13 @@ async fn accept(State(endpoint): State<SampleEndpoint>, headers: HeaderMap, body
 fn store(endpoint: &SampleEndpoint, body: &[u8]) -> Response {
     let text = match std::str::from_utf8(body) {
         Ok(text) => text,
-        Err(problem) => return error(StatusCode::BAD_REQUEST, "invalid_utf8", &format!("the body is not UTF-8: {problem}")),
+        Err(problem) => {
+            let message = format!("the body is not UTF-8: {problem}");
+            if let Ok(mut ingest) = endpoint.ingest.lock() {
+                ingest.refuse("invalid-utf8", format!("POST /v1/samples: {message}"));
+            }
+            return error(StatusCode::BAD_REQUEST, "invalid_utf8", &message);
+        }
     };
     let mut accepted = 0u64;
     let mut refused = Vec::new();

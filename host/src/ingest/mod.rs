@@ -231,3 +231,54 @@ fn fault_kind(fault: &Fault) -> String {
         Fault::NothingReadable => "nothing-readable".into(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::HostConfig;
+    use crate::history::History;
+    use transforms::series_names;
+
+    /// What the fuzz target (`fuzz/`, nightly) checks, on a fixed pseudo-random corpus so
+    /// that the stable test suite runs it too.
+    #[test]
+    fn mutated_samples_are_stored_as_one_row_or_refused_never_a_panic() {
+        let config = HostConfig::builtin_default();
+        let history = History::new(series_names(&config.telemetry.transforms)).shared();
+        let mut ingest = Ingest::new(&config.telemetry, history.clone(), Callbacks::none());
+        let seeds: [&[u8]; 4] = [
+            br#"{"ep_reward": 1.5, "ep_steps": 200, "total_steps": 1000}"#,
+            br#"{"ep_reward": [[1, 2, 3]], "ep_steps": [7], "total_steps": true, "obs": {"a": [1e308, -0.0]}}"#,
+            br#"{"ep_reward": "1", "ep_steps": null, "total_steps": {"x": []}}"#,
+            "{\"ep_reward\": 1, \"\u{e9}\": \"\u{1F600}\"}".as_bytes(),
+        ];
+        let tokens: [&[u8]; 10] = [b"NaN", b"1e999", b"-", b"\"", b"\\u0000", b"[", b"}", b"\xff", b",", b"{\"ep_reward\":"];
+        let mut state = 0x2545f4914f6cdd1du64;
+        let mut random = move |below: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % below.max(1) as u64) as usize
+        };
+        for _ in 0..20_000 {
+            let mut line = seeds[random(seeds.len())].to_vec();
+            for _ in 0..random(4) {
+                let at = random(line.len() + 1);
+                match random(3) {
+                    0 => line.truncate(at),
+                    1 if at < line.len() => line[at] = random(256) as u8,
+                    _ => line.splice(at..at, tokens[random(tokens.len())].iter().copied()).for_each(drop),
+                }
+            }
+            let rows_before = history.read().unwrap().row_count();
+            let outcome = ingest.accept_line(&line, "test");
+            ingest.commit().unwrap();
+            let added = history.read().unwrap().row_count() - rows_before;
+            match outcome {
+                Outcome::Accepted { .. } => assert_eq!(added, 1, "{}", String::from_utf8_lossy(&line)),
+                Outcome::Refused(_) => assert_eq!(added, 0, "{}", String::from_utf8_lossy(&line)),
+            }
+        }
+        assert!(ingest.accepted > 1000 && ingest.refused > 1000, "the corpus has both: {} / {}", ingest.accepted, ingest.refused);
+    }
+}

@@ -1,5 +1,8 @@
 //! The host configuration (`telemetry.toml`), parsed once into typed data. Every error
-//! names the file, and the TOML parser adds the line, column and key.
+//! names the file, and the TOML parser adds the line, column and key. A `.yml`/`.yaml`
+//! file is read as the original node's configuration (`original_yaml`).
+
+mod original_yaml;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -182,10 +185,14 @@ impl Default for RuntimeConfig {
 }
 
 impl HostConfig {
-    /// Reads and checks a configuration file.
+    /// Reads and checks a configuration file: TOML, or the original node's YAML.
     pub fn load(path: &Path) -> Result<HostConfig> {
         let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
-        Self::parse(&text, &path.display().to_string())
+        let origin = path.display().to_string();
+        match path.extension().and_then(|extension| extension.to_str()) {
+            Some("yml" | "yaml") => original_yaml::parse(&text, &origin),
+            _ => Self::parse(&text, &origin),
+        }
     }
 
     /// Parses and checks a configuration; `origin` names it in errors.
