@@ -82,9 +82,13 @@ pub fn write_config(dir: &Path, port: u16, extra: &str) {
 
 impl HostProcess {
     pub fn start(dir: &Path, port: u16, input: &str) -> HostProcess {
+        HostProcess::start_with_plugins(dir, port, input, &plugins_dir())
+    }
+
+    pub fn start_with_plugins(dir: &Path, port: u16, input: &str, plugins: &Path) -> HostProcess {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("host.log")).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_telemetry-host"))
-            .args(["run", "--config", "telemetry.toml", "--plugins", plugins_dir().to_str().unwrap(), "--input", input, "--wait"])
+            .args(["run", "--config", "telemetry.toml", "--plugins", plugins.to_str().unwrap(), "--input", input, "--wait"])
             .current_dir(dir)
             .env("RUST_LOG", "info,wasmtime=warn,cranelift=warn")
             .stdin(Stdio::null())
