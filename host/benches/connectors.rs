@@ -246,7 +246,16 @@ fn main() {
         return;
     }
     println!("# telemetry-host connector benchmark ({} build)\n", if cfg!(debug_assertions) { "debug" } else { "release" });
-    file_connector();
-    grafana_connector();
-    wandb_connector();
+    // `cargo bench --bench connectors -- grafana` runs one part.
+    let only: Vec<String> = std::env::args().skip(1).filter(|arg| !arg.starts_with('-')).collect();
+    let wanted = |part: &str| only.is_empty() || only.iter().any(|name| name == part);
+    if wanted("file") {
+        file_connector();
+    }
+    if wanted("grafana") {
+        grafana_connector();
+    }
+    if wanted("wandb") {
+        wandb_connector();
+    }
 }

@@ -141,9 +141,9 @@ impl Chunk {
     }
 
     /// The extremes levels of one series, finest first.
-    pub fn levels(&self, series: usize) -> impl Iterator<Item = &[MinMax]> + Clone {
+    pub fn levels(&self, series: usize) -> [&[MinMax]; LEVELS] {
         let start = HEADER_WORDS + CHUNK_ROWS * (1 + self.series) + extremes_words() * series;
-        (0..LEVELS).map(move |level| bytemuck::cast_slice(self.words(start + level_offset(level), level_len(level) * MINMAX_WORDS)))
+        std::array::from_fn(|level| bytemuck::cast_slice(self.words(start + level_offset(level), level_len(level) * MINMAX_WORDS)))
     }
 }
 

@@ -85,21 +85,21 @@ impl Extremes {
     }
 
     /// The levels, finest first, as `range` takes them.
-    pub fn levels(&self) -> impl Iterator<Item = &[MinMax]> + Clone {
+    pub fn levels(&self) -> impl Iterator<Item = &[MinMax]> {
         self.levels.iter().map(Vec::as_slice)
     }
 }
 
 /// The extremes of `values[first..end]`, whose block summaries are `levels` (finest
 /// first) and whose first value is row `first_row` of the history.
-pub fn range<'a>(levels: impl Iterator<Item = &'a [MinMax]> + Clone, values: &[f64], first_row: u64, first: usize, end: usize) -> MinMax {
+pub fn range(levels: &[&[MinMax]], values: &[f64], first_row: u64, first: usize, end: usize) -> MinMax {
     let mut result = MinMax::EMPTY;
     let mut row = first;
     while row < end {
         // The largest summarised block that starts at `row` and ends within the range.
         let mut found: Option<(&MinMax, usize)> = None;
         let mut block_size = FANOUT;
-        for blocks in levels.clone() {
+        for blocks in levels {
             if !row.is_multiple_of(block_size) || row + block_size > end || row / block_size >= blocks.len() {
                 break;
             }
@@ -144,7 +144,11 @@ mod tests {
             extremes.on_push(&values, 0);
         }
         for (first, end) in [(0, 5000), (1, 4999), (7, 9), (64, 512), (63, 4097), (100, 101), (4095, 4097)] {
-            assert_eq!(range(extremes.levels(), &values, 0, first, end), brute_force(&values, first, end), "{first}..{end}");
+            assert_eq!(
+                range(&extremes.levels().collect::<Vec<_>>(), &values, 0, first, end),
+                brute_force(&values, first, end),
+                "{first}..{end}"
+            );
         }
     }
 
@@ -155,6 +159,6 @@ mod tests {
         for len in 1..=values.len() {
             extremes.on_push(&values[..len], 0);
         }
-        assert!(range(extremes.levels(), &values, 0, 0, 20).is_empty());
+        assert!(range(&extremes.levels().collect::<Vec<_>>(), &values, 0, 0, 20).is_empty());
     }
 }

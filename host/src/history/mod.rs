@@ -145,8 +145,15 @@ impl<'a> Segment<'a> {
     fn extremes(&self, series: usize, first: usize, end: usize) -> MinMax {
         let values = self.values(series);
         match self {
-            Segment::Chunk(chunk) => extremes::range(chunk.levels(series), values, chunk.first_row, first, end),
-            Segment::Tail(tail) => extremes::range(tail.columns[series].extremes.levels(), values, tail.first_row, first, end),
+            Segment::Chunk(chunk) => extremes::range(&chunk.levels(series), values, chunk.first_row, first, end),
+            Segment::Tail(tail) => {
+                // At most `LEVELS` levels: blocks never straddle chunks.
+                let mut levels: [&[MinMax]; chunk::LEVELS] = [&[]; chunk::LEVELS];
+                for (slot, level) in levels.iter_mut().zip(tail.columns[series].extremes.levels()) {
+                    *slot = level;
+                }
+                extremes::range(&levels, values, tail.first_row, first, end)
+            }
         }
     }
 }

@@ -35,6 +35,7 @@ impl Drop for Runtime {
 }
 
 /// A plugin whose component passed every check and is ready to instantiate.
+#[derive(Clone)]
 pub struct LoadedPlugin {
     pub manifest: Manifest,
     pub pre: InstancePre<PluginState>,

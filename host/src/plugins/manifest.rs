@@ -75,8 +75,16 @@ pub struct Limits {
     /// Longest a single call into the plugin may run, in milliseconds.
     #[serde(default = "default_call_timeout_ms")]
     pub call_timeout_ms: u64,
+    /// Instances answering HTTP requests side by side. With more than one, requests go
+    /// to instances of their own that get `start` and `stop` but never `update`: only
+    /// for handlers that answer from the history and their configuration alone.
+    #[serde(default = "default_http_instances")]
+    pub http_instances: u32,
 }
 
+fn default_http_instances() -> u32 {
+    1
+}
 fn default_memory_mb() -> u64 {
     256
 }
@@ -86,7 +94,7 @@ fn default_call_timeout_ms() -> u64 {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { memory_mb: default_memory_mb(), call_timeout_ms: default_call_timeout_ms() }
+        Limits { memory_mb: default_memory_mb(), call_timeout_ms: default_call_timeout_ms(), http_instances: default_http_instances() }
     }
 }
 
@@ -129,6 +137,7 @@ impl Manifest {
         anyhow::ensure!(valid_name, "name `{}` must be non-empty ASCII letters, digits, `-` or `_`", self.name);
         anyhow::ensure!(self.limits.memory_mb >= 1, "limits.memory_mb must be at least 1");
         anyhow::ensure!(self.limits.call_timeout_ms >= 1, "limits.call_timeout_ms must be at least 1");
+        anyhow::ensure!((1..=64).contains(&self.limits.http_instances), "limits.http_instances must be between 1 and 64");
         if let Some(listen) = &self.grants.listen {
             match (&listen.address, &listen.prefix) {
                 (Some(_), Some(_)) | (None, None) => bail!("grants.listen needs exactly one of `address` or `prefix`"),

@@ -3,6 +3,7 @@
 
 pub mod cache;
 pub mod cursor;
+pub mod handler_pool;
 pub mod instance;
 pub mod loader;
 pub mod manifest;

@@ -9,6 +9,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use super::cursor::{Cursor, CursorFile};
+use super::handler_pool::{HandlerPool, HttpJob};
 use super::instance::{CallFailure, Instance, PluginEnv};
 use super::loader::LoadedPlugin;
 use crate::bindings::http_types::{Request, Response};
@@ -58,6 +59,7 @@ pub struct PluginRunner {
     notified: Arc<AtomicBool>,
     pub stats: Arc<PluginStats>,
     thread: Option<JoinHandle<()>>,
+    pool: Option<HandlerPool>,
 }
 
 /// Tells one plugin the history grew, from any thread.
@@ -76,18 +78,28 @@ impl Notifier {
     }
 }
 
-/// Sends requests to a plugin's handler from the HTTP server.
+/// Sends requests to a plugin's handler from the HTTP server: to its runner, or to its
+/// pool of handler instances when the manifest asks for more than one.
 #[derive(Clone)]
 pub struct HttpEndpoint {
     pub plugin: String,
-    sender: Sender<Command>,
+    target: HttpTarget,
+}
+
+#[derive(Clone)]
+enum HttpTarget {
+    Runner(Sender<Command>),
+    Pool(Sender<HttpJob>),
 }
 
 impl HttpEndpoint {
     /// The plugin's answer, or `None` if the plugin is gone.
     pub async fn call(&self, request: Request) -> Option<Response> {
         let (reply, answer) = tokio::sync::oneshot::channel();
-        self.sender.send(Command::Http(request, reply)).ok()?;
+        match &self.target {
+            HttpTarget::Runner(sender) => sender.send(Command::Http(request, reply)).ok()?,
+            HttpTarget::Pool(sender) => sender.send(HttpJob::Request(request, reply)).ok()?,
+        }
         answer.await.ok()
     }
 }
@@ -99,6 +111,12 @@ impl PluginRunner {
         let notified = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(PluginStats { cursor: AtomicU64::new(cursor.next_row), denied: env.denied.clone(), ..PluginStats::default() });
         let name = plugin.manifest.name.clone();
+        let instances = plugin.manifest.limits.http_instances;
+        let pool = if plugin.http_handler.is_some() && instances > 1 {
+            Some(HandlerPool::spawn(&plugin, &env, &stats, instances, options.backoff_first)?)
+        } else {
+            None
+        };
         let mut worker = Worker {
             plugin,
             env,
@@ -110,7 +128,7 @@ impl PluginRunner {
             failures: 0,
         };
         let thread = std::thread::Builder::new().name(format!("plugin-{name}")).spawn(move || worker.run())?;
-        Ok(PluginRunner { name, sender, notified, stats, thread: Some(thread) })
+        Ok(PluginRunner { name, sender, notified, stats, thread: Some(thread), pool })
     }
 
     /// Tells the plugin the history grew; cheap and never blocks.
@@ -123,11 +141,19 @@ impl PluginRunner {
     }
 
     pub fn http_endpoint(&self) -> HttpEndpoint {
-        HttpEndpoint { plugin: self.name.clone(), sender: self.sender.clone() }
+        let target = match &self.pool {
+            Some(pool) => HttpTarget::Pool(pool.sender()),
+            None => HttpTarget::Runner(self.sender.clone()),
+        };
+        HttpEndpoint { plugin: self.name.clone(), target }
     }
 
-    /// Delivers the remaining rows, calls `stop` and waits for the thread.
+    /// Delivers the remaining rows, calls `stop` and waits for the thread (and the
+    /// handler instances).
     pub fn stop(mut self) {
+        if let Some(pool) = self.pool.take() {
+            pool.stop();
+        }
         let _ = self.sender.send(Command::Stop);
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
@@ -184,21 +210,8 @@ impl Worker {
     }
 
     fn start_instance(&mut self) -> Result<Instance, CallFailure> {
-        let mut instance = Instance::new(&self.plugin, &self.env)?;
-        let context = {
-            let history = self.env.history.read().expect("history lock");
-            StartContext {
-                plugin_name: self.plugin.manifest.name.clone(),
-                config_json: serde_json::to_string(&self.plugin.manifest.config).unwrap_or_else(|_| "{}".into()),
-                host_config_json: self.env.host_config_json.clone(),
-                series: history.series_names().to_vec(),
-                step_series: self.env.step_series.clone(),
-                next_row: self.stats.cursor.load(Ordering::Acquire),
-                run_started_ms: self.env.run_started_ms,
-            }
-        };
-        self.timed(|| instance.start(&context))?;
-        Ok(instance)
+        let next_row = self.stats.cursor.load(Ordering::Acquire);
+        self.timed(|| start_instance(&self.plugin, &self.env, next_row))
     }
 
     /// Delivers rows and answers requests until the instance is lost (false) or the
@@ -382,15 +395,42 @@ impl Worker {
     }
 
     fn timed<R>(&self, call: impl FnOnce() -> R) -> R {
+        self.stats.timed(call)
+    }
+}
+
+impl PluginStats {
+    /// Runs one call into the plugin, counting it and its time.
+    pub fn timed<R>(&self, call: impl FnOnce() -> R) -> R {
         let started = std::time::Instant::now();
         let result = call();
-        self.stats.calls.fetch_add(1, Ordering::Relaxed);
-        self.stats.call_nanos.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        self.call_nanos.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
         result
     }
 }
 
-fn unavailable_response(message: &str) -> Response {
+/// A new instance of `plugin`, started with the context of a plugin whose next row is
+/// `next_row`.
+pub(super) fn start_instance(plugin: &LoadedPlugin, env: &PluginEnv, next_row: u64) -> Result<Instance, CallFailure> {
+    let mut instance = Instance::new(plugin, env)?;
+    let context = {
+        let history = env.history.read().expect("history lock");
+        StartContext {
+            plugin_name: plugin.manifest.name.clone(),
+            config_json: serde_json::to_string(&plugin.manifest.config).unwrap_or_else(|_| "{}".into()),
+            host_config_json: env.host_config_json.clone(),
+            series: history.series_names().to_vec(),
+            step_series: env.step_series.clone(),
+            next_row,
+            run_started_ms: env.run_started_ms,
+        }
+    };
+    instance.start(&context)?;
+    Ok(instance)
+}
+
+pub(super) fn unavailable_response(message: &str) -> Response {
     let body = serde_json::json!({ "message": message, "error": { "code": "plugin_unavailable", "message": message } });
     Response {
         status: 503,

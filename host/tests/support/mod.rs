@@ -130,10 +130,18 @@ impl HostProcess {
     }
 
     pub fn terminate(self, dir: &Path) {
-        // SAFETY-free: `kill` the command, as an operator would.
+        // As an operator would stop it.
         let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
         assert!(status.success());
         self.wait_exit(dir);
+    }
+}
+
+/// A test that fails must not leave its host running.
+impl Drop for HostProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
