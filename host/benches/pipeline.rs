@@ -175,12 +175,8 @@ fn redis_throughput(way: &str) {
     let dir = tempfile::tempdir().unwrap();
     let stream = if way == "stream" { "telemetry" } else { "" };
     let host = start_host(dir.path(), &format!("[redis]\nurl = \"{}\"\nstream = \"{stream}\"\n", redis.url()));
-    let mut connection = redis.connection();
     if way == "pub/sub" {
-        assert!(wait_until(Duration::from_secs(30), || {
-            let counts: Vec<(String, u64)> = redis::cmd("PUBSUB").arg("NUMSUB").arg("telemetry").query(&mut connection).unwrap();
-            counts.first().is_some_and(|(_, count)| *count == 1)
-        }));
+        assert!(redis.wait_for_subscriber("telemetry"), "the host did not subscribe:\n{}", host_log(dir.path()));
     }
     let payloads: Vec<String> = (0..TOTAL).map(sample).collect();
     let started = Instant::now();

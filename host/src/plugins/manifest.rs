@@ -204,5 +204,9 @@ mod tests {
             Manifest::parse("name = \"x\"\ncomponent = \"x.wasm\"\n[limits]\nmemory = 3\n", Path::new("q/plugin.toml")).unwrap_err();
         let text = format!("{error:#}");
         assert!(text.contains("q/plugin.toml") && text.contains("line 4") && text.contains("memory"), "{text}");
+        let error = Manifest::parse("name = \"x\"\ncomponent = \"x.wasm\"\n[limits]\nhttp_instances = 0\n", Path::new("r/plugin.toml"))
+            .unwrap_err();
+        let text = format!("{error:#}");
+        assert!(text.contains("r/plugin.toml") && text.contains("limits.http_instances must be between 1 and 64"), "{text}");
     }
 }

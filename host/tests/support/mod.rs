@@ -45,6 +45,15 @@ impl RedisServer {
     pub fn connection(&self) -> redis::Connection {
         self.connection_now().expect("a connection to the test redis-server")
     }
+
+    /// Waits until one client subscribes to `channel` (the host, once it started).
+    pub fn wait_for_subscriber(&self, channel: &str) -> bool {
+        let mut connection = self.connection();
+        wait_until(Duration::from_secs(30), || {
+            let counts: Vec<(String, u64)> = redis::cmd("PUBSUB").arg("NUMSUB").arg(channel).query(&mut connection).unwrap();
+            counts.first().is_some_and(|(_, count)| *count == 1)
+        })
+    }
 }
 
 impl Drop for RedisServer {
