@@ -152,7 +152,9 @@ pub fn run(options: NodeOptions) -> Result<RunSummary> {
                         if stopping.load(Ordering::Relaxed) {
                             break;
                         }
-                        if let Outcome::Accepted { update_due: true } = ingest.lock().expect("ingest lock").accept(&sample, "demo") {
+                        // Bound first: the lock must be released before `commit` takes it again.
+                        let outcome = ingest.lock().expect("ingest lock").accept(&sample, "demo");
+                        if let Outcome::Accepted { update_due: true } = outcome {
                             commit()?;
                         }
                         std::thread::sleep(pause);

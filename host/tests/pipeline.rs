@@ -261,3 +261,17 @@ fn bad_input_gets_its_error_the_host_keeps_running_and_memory_stays_bounded() {
     assert_eq!(host_log(dir.path()).matches("further faults of this kind are counted").count(), 6, "each kind of fault is logged once");
     host.terminate(dir.path());
 }
+
+#[test]
+fn the_demo_input_feeds_every_plugin_until_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    write_config(dir.path(), port, "");
+    let host = HostProcess::start(dir.path(), port, "demo");
+    let fed = wait_until(Duration::from_secs(60), || {
+        host.figure("telemetry_rows_stored") >= 20.0 && host.figure("telemetry_plugin_cursor_lag_rows{plugin=\"file\"}") == 0.0
+    });
+    assert!(fed, "{} rows stored:\n{}", host.figure("telemetry_rows_stored"), host_log(dir.path()));
+    host.terminate(dir.path());
+    assert!(file_rows(dir.path()).len() >= 20);
+}

@@ -112,7 +112,9 @@ impl HostProcess {
 
     /// `/metrics` as name (with labels) -> value.
     pub fn figures(&self) -> Option<std::collections::HashMap<String, f64>> {
-        let text = reqwest::blocking::get(format!("http://127.0.0.1:{}/metrics", self.port)).ok()?.text().ok()?;
+        // A host that deadlocked must fail the test, not hang it.
+        let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(5)).build().ok()?;
+        let text = client.get(format!("http://127.0.0.1:{}/metrics", self.port)).send().ok()?.text().ok()?;
         Some(
             text.lines()
                 .filter(|line| !line.starts_with('#'))
