@@ -194,6 +194,49 @@ fn grafana_connector() {
     set.stop_all();
 }
 
+/// Where one `/query` goes, without HTTP: the host's downsampled read alone, and the whole
+/// call into the plugin (request parsed, read, answer formatted as JSON in the sandbox).
+fn grafana_handler() {
+    println!("\n## grafana: one /query handled in-process (no HTTP), median of 2000");
+    println!("| rows of history | host read (downsample to 1000 points) | whole handler call | answer bytes |");
+    println!("|---|---|---|---|");
+    let mut plugin = IsolatedPlugin::load(&connector("grafana"), IsolationOptions::default()).unwrap();
+    plugin.start().unwrap();
+    let body = serde_json::json!({
+        "range": { "from": "2000-01-01T00:00:00.000Z", "to": "2100-01-01T00:00:00.000Z" },
+        "maxDataPoints": 1000, "intervalMs": 1000, "targets": [{ "target": "rewards", "refId": "A" }],
+    })
+    .to_string();
+    for rows in SIZES {
+        let have = plugin.history.read().unwrap().row_count() as usize;
+        fill(&mut plugin.history.write().unwrap(), rows - have);
+        let read_times: Vec<Duration> = (0..2000)
+            .map(|_| {
+                let history = plugin.history.read().unwrap();
+                let started = Instant::now();
+                std::hint::black_box(history.downsample("rewards", telemetry_host::history::Span::All, 1000).unwrap());
+                started.elapsed()
+            })
+            .collect();
+        let mut bytes = 0;
+        let call_times: Vec<Duration> = (0..2000)
+            .map(|_| {
+                let started = Instant::now();
+                let response = plugin.request("POST", "/query", body.as_bytes()).unwrap();
+                let elapsed = started.elapsed();
+                assert_eq!(response.status, 200);
+                bytes = response.body.len();
+                elapsed
+            })
+            .collect();
+        println!(
+            "| {rows} | {:.1} µs | {:.1} µs | {bytes} |",
+            median(read_times).as_secs_f64() * 1e6,
+            median(call_times).as_secs_f64() * 1e6
+        );
+    }
+}
+
 /// A W&B plugin whose stand-in answers `200 {}` to the first `healthy` requests and
 /// `status` to the others.
 fn wandb_plugin(healthy: usize, status: u16) -> IsolatedPlugin {
@@ -253,6 +296,7 @@ fn main() {
         file_connector();
     }
     if wanted("grafana") {
+        grafana_handler();
         grafana_connector();
     }
     if wanted("wandb") {

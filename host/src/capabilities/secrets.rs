@@ -35,12 +35,19 @@ impl Secrets {
                 Some(value) => {
                     values.insert(name.to_string(), value);
                 }
-                None => tracing::warn!(
-                    secret = name,
-                    "secret not found (looked in {:?} and ${:?}); requests that need it go without it",
-                    source.file,
-                    source.env
-                ),
+                None => {
+                    let places: Vec<String> = source
+                        .file
+                        .iter()
+                        .map(|path| format!("file {}", path.display()))
+                        .chain(source.env.iter().map(|var| format!("${var}")))
+                        .collect();
+                    tracing::warn!(
+                        secret = name,
+                        "secret not found (looked in {}); requests that need it go without it",
+                        if places.is_empty() { "nowhere: no file or variable configured".to_string() } else { places.join(" and ") }
+                    )
+                }
             }
         }
         Secrets { values: Arc::new(values) }

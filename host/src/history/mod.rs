@@ -142,19 +142,101 @@ impl<'a> Segment<'a> {
         }
     }
 
-    fn extremes(&self, series: usize, first: usize, end: usize) -> MinMax {
-        let values = self.values(series);
+    /// The block summaries of one series, finest first.
+    fn levels(&self, series: usize) -> [&'a [MinMax]; chunk::LEVELS] {
         match self {
-            Segment::Chunk(chunk) => extremes::range(&chunk.levels(series), values, chunk.first_row, first, end),
+            Segment::Chunk(chunk) => chunk.levels(series),
             Segment::Tail(tail) => {
                 // At most `LEVELS` levels: blocks never straddle chunks.
                 let mut levels: [&[MinMax]; chunk::LEVELS] = [&[]; chunk::LEVELS];
                 for (slot, level) in levels.iter_mut().zip(tail.columns[series].extremes.levels()) {
                     *slot = level;
                 }
-                extremes::range(&levels, values, tail.first_row, first, end)
+                levels
             }
         }
+    }
+}
+
+/// One series of one segment with everything a read needs resolved once, so that a read
+/// walking forward through the history (downsampling) looks each segment up once rather
+/// than once per bucket or point.
+struct SeriesView<'a> {
+    /// History rows `first_row..end_row` are in this segment.
+    first_row: usize,
+    end_row: usize,
+    timestamps: &'a [i64],
+    values: &'a [f64],
+    levels: [&'a [MinMax]; chunk::LEVELS],
+}
+
+impl<'a> SeriesView<'a> {
+    const EMPTY: SeriesView<'static> = SeriesView { first_row: 0, end_row: 0, timestamps: &[], values: &[], levels: [&[]; chunk::LEVELS] };
+
+    fn of(segment: Segment<'a>, series: usize) -> SeriesView<'a> {
+        let first_row = segment.first_row() as usize;
+        let timestamps = segment.timestamps();
+        SeriesView {
+            first_row,
+            end_row: first_row + timestamps.len(),
+            timestamps,
+            values: segment.values(series),
+            levels: segment.levels(series),
+        }
+    }
+
+    fn holds(&self, row: usize) -> bool {
+        (self.first_row..self.end_row).contains(&row)
+    }
+}
+
+/// Reads of one series at rows that only move forward.
+struct SeriesReader<'a> {
+    history: &'a History,
+    series: usize,
+    view: SeriesView<'a>,
+}
+
+impl<'a> SeriesReader<'a> {
+    fn new(history: &'a History, series: usize) -> SeriesReader<'a> {
+        SeriesReader { history, series, view: SeriesView::EMPTY }
+    }
+
+    fn view_of(&mut self, row: usize) -> &SeriesView<'a> {
+        if !self.view.holds(row) {
+            self.view = SeriesView::of(self.history.locate(row).0, self.series);
+        }
+        &self.view
+    }
+
+    fn timestamp(&mut self, row: usize) -> i64 {
+        let view = self.view_of(row);
+        view.timestamps[row - view.first_row]
+    }
+
+    fn value(&mut self, row: usize) -> f64 {
+        let view = self.view_of(row);
+        view.values[row - view.first_row]
+    }
+
+    /// The extremes of rows `start..end`.
+    fn extremes(&mut self, start: usize, end: usize) -> MinMax {
+        let mut result = MinMax::EMPTY;
+        let mut row = start;
+        while row < end {
+            let view = self.view_of(row);
+            let stop = end.min(view.end_row);
+            let base = view.first_row;
+            result.merge(&extremes::range(&view.levels, view.values, base as u64, row - base, stop - base));
+            row = stop;
+        }
+        result
+    }
+
+    fn push_point(&mut self, points: &mut Points, row: usize, value: f64) {
+        points.rows.push(row as u64);
+        points.timestamps_ms.push(self.timestamp(row));
+        points.values.push(value);
     }
 }
 
@@ -410,7 +492,7 @@ impl History {
     }
 
     /// At most `max_points` points of `name` over `span`: the rows are cut into buckets
-    /// of equal width and each bucket contributes its first, minimum, maximum and last
+    /// of nearly equal width and each bucket contributes its first, minimum, maximum and last
     /// point (fewer where they coincide). First and last are kept even when NaN, so gaps
     /// stay visible; minimum and maximum ignore NaN.
     pub fn downsample(&self, name: &str, span: Span, max_points: u32) -> Result<Points, ReadError> {
@@ -427,36 +509,34 @@ impl History {
             }
             return Ok(points);
         }
+        let mut reader = SeriesReader::new(self, series);
         if max_points < 4 {
             // Too few points for a bucket's four: evenly spaced rows, first and last kept.
             let span = end - start - 1;
             for index in 0..max_points {
                 let row = start + if max_points == 1 { 0 } else { index * span / (max_points - 1) };
-                self.push_point(&mut points, series, row);
+                let value = reader.value(row);
+                reader.push_point(&mut points, row, value);
             }
             return Ok(points);
         }
-        let buckets = max_points / 4;
-        let width = end - start;
-        let mut kept = [0usize; 4];
-        for bucket in 0..buckets {
-            let first = start + bucket * width / buckets;
-            let last = start + (bucket + 1) * width / buckets - 1;
-            let extremes = self.extremes(series, first, last + 1);
-            kept[0] = first;
+        let edges = bucket_edges(start, end, max_points / 4);
+        for bucket in edges.windows(2) {
+            let (first, last) = (bucket[0], bucket[1] - 1);
+            let extremes = reader.extremes(first, last + 1);
+            let mut kept = [(first, reader.value(first)); 4];
             let mut count = 1;
             if !extremes.is_empty() {
-                let (low, high) = (extremes.min_row as usize, extremes.max_row as usize);
-                kept[count] = low.min(high);
-                kept[count + 1] = low.max(high);
-                count += 2;
+                let (low, high) = ((extremes.min_row as usize, extremes.min), (extremes.max_row as usize, extremes.max));
+                (kept[1], kept[2]) = if low.0 <= high.0 { (low, high) } else { (high, low) };
+                count = 3;
             }
-            kept[count] = last;
+            kept[count] = (last, reader.value(last));
             count += 1;
             let mut previous = usize::MAX;
-            for &row in &kept[..count] {
+            for &(row, value) in &kept[..count] {
                 if row != previous {
-                    self.push_point(&mut points, series, row);
+                    reader.push_point(&mut points, row, value);
                     previous = row;
                 }
             }
@@ -466,23 +546,8 @@ impl History {
 
     /// The largest non-NaN committed value of a series, if any.
     pub fn maximum(&self, name: &str) -> Option<f64> {
-        let extremes = self.extremes(self.series_index(name)?, 0, self.committed as usize);
+        let extremes = SeriesReader::new(self, self.series_index(name)?).extremes(0, self.committed as usize);
         (!extremes.is_empty()).then_some(extremes.max)
-    }
-
-    fn extremes(&self, series: usize, start: usize, end: usize) -> MinMax {
-        let mut result = MinMax::EMPTY;
-        for (segment, first, end) in self.segments(start, end) {
-            result.merge(&segment.extremes(series, first, end));
-        }
-        result
-    }
-
-    fn push_point(&self, points: &mut Points, series: usize, row: usize) {
-        let (segment, local) = self.locate(row);
-        points.rows.push(row as u64);
-        points.timestamps_ms.push(segment.timestamps()[local]);
-        points.values.push(segment.values(series)[local]);
     }
 
     /// The segment holding `row` and the row's index in it.
@@ -535,6 +600,22 @@ impl History {
     }
 }
 
+/// The edges of `buckets` buckets over rows `start..end` (`buckets + 1` rows, the last one
+/// `end`). Inner edges fall on multiples of the largest summary block at most a quarter of
+/// a bucket's width, so that a bucket's extremes come from a few whole blocks (about eight)
+/// rather than single rows and small blocks at both ends: a read then costs the same at 1k
+/// and 1M rows. Widths stay within a quarter of the even split; every kept point is still
+/// a real row at its own time.
+fn bucket_edges(start: usize, end: usize, buckets: usize) -> Vec<usize> {
+    let width = end - start;
+    let mut align = 1;
+    while align * extremes::FANOUT * 4 <= width / buckets && align * extremes::FANOUT <= CHUNK_ROWS {
+        align *= extremes::FANOUT;
+    }
+    let inner = (1..buckets).map(|bucket| ((start + bucket * width / buckets) / align * align).max(start));
+    std::iter::once(start).chain(inner).chain(std::iter::once(end)).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -566,6 +647,48 @@ mod tests {
             let points = history.downsample("x", Span::All, max_points).unwrap();
             assert!(points.values.len() <= max_points as usize, "{max_points}");
             assert_eq!(points.rows.first(), Some(&0));
+        }
+    }
+
+    #[test]
+    fn bucket_edges_cover_the_rows_with_nearly_equal_widths() {
+        for (start, end, buckets) in
+            [(0, 1_000_000, 250), (12_345, 162_346, 250), (5, 100_004, 9), (100, 9_100, 100), (3, 70_003, 1), (0, 10, 2)]
+        {
+            let edges = bucket_edges(start, end, buckets);
+            assert_eq!((edges.len(), edges[0], edges[buckets]), (buckets + 1, start, end));
+            let width = (end - start) as f64 / buckets as f64;
+            for pair in edges.windows(2) {
+                let bucket = (pair[1] - pair[0]) as f64;
+                assert!(bucket >= width * 0.75 - 1.0 && bucket <= width * 1.25 + 1.0, "{pair:?} in {start}..{end} / {buckets}");
+            }
+        }
+    }
+
+    #[test]
+    fn every_bucket_keeps_its_edges_minimum_and_maximum() {
+        let mut state = 7u64;
+        let values: Vec<f64> = (0..200_000)
+            .map(|row| {
+                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                if row % 777 == 3 { f64::NAN } else { (state >> 33) as f64 }
+            })
+            .collect();
+        let history = history_of(&values);
+        for (first, count, max_points) in [(0, 200_000, 1000), (12_345, 150_001, 1000), (5, 99_999, 37), (100, 9_000, 400), (3, 70_000, 4)]
+        {
+            let points = history.downsample("x", Span::Rows { first, count }, max_points).unwrap();
+            assert!(points.rows.len() <= max_points as usize);
+            assert!(points.rows.windows(2).all(|pair| pair[0] < pair[1]));
+            let kept: Vec<usize> = points.rows.iter().map(|row| *row as usize).collect();
+            for bucket in bucket_edges(first as usize, (first + count) as usize, max_points as usize / 4).windows(2) {
+                let inside: Vec<usize> = kept.iter().copied().filter(|row| (bucket[0]..bucket[1]).contains(row)).collect();
+                assert!(inside.contains(&bucket[0]) && inside.contains(&(bucket[1] - 1)), "{bucket:?}: {inside:?}");
+                let finite: Vec<f64> = values[bucket[0]..bucket[1]].iter().copied().filter(|value| !value.is_nan()).collect();
+                let low = finite.iter().copied().fold(f64::INFINITY, f64::min);
+                let high = finite.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                assert!(inside.iter().any(|row| values[*row] == low) && inside.iter().any(|row| values[*row] == high), "{bucket:?}");
+            }
         }
     }
 
