@@ -171,23 +171,23 @@ fn step_x_axis_places_points_at_their_step() {
 }
 
 #[test]
-fn a_query_without_targets_keeps_the_original_answer() {
+fn a_query_without_targets_is_an_empty_array_as_the_spec_wants() {
     let mut plugin = grafana();
+    push_rows(&plugin, 10, |index| index as f64);
+    assert_eq!(post(&mut plugin, "/query", json!({ "maxDataPoints": 5 })), (200, json!([])));
+}
+
+#[test]
+fn a_query_without_targets_can_keep_the_original_answer() {
+    let options =
+        IsolationOptions { plugin_config: toml::from_str("original_untargeted_answer = true\n").unwrap(), ..IsolationOptions::default() };
+    let mut plugin = IsolatedPlugin::load(&connector("grafana"), options).unwrap();
+    plugin.start().unwrap();
     push_rows(&plugin, 101, |index| index as f64);
     let (status, answer) = post(&mut plugin, "/query", json!({ "maxDataPoints": 5 }));
     assert_eq!(status, 200);
     assert_eq!(answer["rewards"], json!([0.0, 25.0, 50.0, 75.0, 100.0]));
     assert_eq!(answer.as_object().unwrap().len(), SERIES);
-}
-
-#[test]
-fn a_query_without_targets_can_answer_an_empty_array_as_the_spec_wants() {
-    let options =
-        IsolationOptions { plugin_config: toml::from_str("original_untargeted_answer = false\n").unwrap(), ..IsolationOptions::default() };
-    let mut plugin = IsolatedPlugin::load(&connector("grafana"), options).unwrap();
-    plugin.start().unwrap();
-    push_rows(&plugin, 10, |index| index as f64);
-    assert_eq!(post(&mut plugin, "/query", json!({ "maxDataPoints": 5 })), (200, json!([])));
     let options = IsolationOptions {
         plugin_config: toml::from_str("original_untargeted_answer = \"yes\"\n").unwrap(),
         ..IsolationOptions::default()

@@ -4,7 +4,8 @@
 //!
 //! - `file_storage: {path, plot: {xkey, ykeys}}`: the file connector; `path` becomes the
 //!   host's data directory, so its files land in `<path>/file/`;
-//! - `grafana: true`: the Grafana connector;
+//! - `grafana: true`: the Grafana connector, answering a `/query` without targets with the
+//!   original's object of every series (`original_untargeted_answer`);
 //! - `wandb: {project, entity, group}`: the W&B connector (`save_dir` has no use here).
 //!
 //! Connectors it does not name are off. Samples arrive on Redis pub/sub `telemetry` as
@@ -50,6 +51,11 @@ pub fn parse(text: &str, origin: &str) -> Result<HostConfig> {
         }
         if plugin == "wandb" {
             plugin_config.remove("save_dir");
+        }
+        if plugin == "grafana" {
+            // Scripts written for the original POST /query without targets and read its
+            // object of every series.
+            plugin_config.entry("original_untargeted_answer").or_insert(Value::Bool(true));
         }
         plugins.insert(plugin.into(), json!({ "enabled": enabled, "config": plugin_config }));
     }
@@ -132,6 +138,7 @@ monitoring:
     fn unnamed_connectors_are_off_and_errors_say_where() {
         let config = parse("telemetry:\n  transforms:\n    - {type: Timer}\nmonitoring:\n  grafana: true\n", "c.yml").unwrap();
         assert!(!config.plugins["file"].enabled && !config.plugins["wandb"].enabled && config.plugins["grafana"].enabled);
+        assert_eq!(config.plugins["grafana"].config.get("original_untargeted_answer"), Some(&toml::Value::Boolean(true)));
         let error = format!("{:#}", parse("telemetry:\n  transforms: [{type: Nope}]\n", "c.yml").unwrap_err());
         assert!(error.contains("c.yml") && error.contains("Nope"), "{error}");
         let error =

@@ -93,7 +93,7 @@ impl Runtime {
     /// `cache_dir`: where compiled components are kept; `None` compiles every time.
     pub fn new(cache_dir: Option<PathBuf>) -> Result<Runtime> {
         let mut config = Config::new();
-        config.wasm_component_model(true).epoch_interruption(true);
+        config.wasm_component_model(true).epoch_interruption(true).compiler_inlining(wasmtime::Inlining::Yes);
         // `perf record` then names the plugins' functions (of a guest built without `strip`).
         if std::env::var_os("TELEMETRY_HOST_PERF_MAP").is_some() {
             config.profiler(wasmtime::ProfilingStrategy::PerfMap);

@@ -34,7 +34,7 @@ pub struct Settings {
     pub cors_origin: Option<String>,
     pub step_series: Option<String>,
     /// Answer a `/query` without `targets` as the original node did (an object of every
-    /// series); `false` answers `[]`, as the JSON datasource's OpenAPI document demands.
+    /// series) rather than `[]`, as the JSON datasource's OpenAPI document demands.
     pub original_untargeted_answer: bool,
 }
 
@@ -93,7 +93,7 @@ fn parse_settings(context: &StartContext) -> Result<Settings, String> {
         cors_origin: text("cors_origin")?,
         step_series: context.step_series.clone(),
         original_untargeted_answer: match config.get("original_untargeted_answer") {
-            None => true,
+            None => false,
             Some(Value::Bool(flag)) => *flag,
             Some(other) => return Err(format!("`original_untargeted_answer` must be true or false, not {other}")),
         },

@@ -138,7 +138,7 @@ fn push_string(out: &mut String, text: &str) {
 
 /// One series of the answer, written straight to JSON text: a thousand points per
 /// series would otherwise be a thousand small allocations.
-fn push_series(out: &mut String, series: &str, ref_id: &str, pairs: &[(i64, f64)], table: bool) {
+fn push_series(out: &mut String, series: &str, ref_id: &str, times_ms: &[i64], values: &[f64], table: bool) {
     if table {
         out.push_str("{\"type\":\"table\",\"refId\":");
         push_string(out, ref_id);
@@ -154,12 +154,10 @@ fn push_series(out: &mut String, series: &str, ref_id: &str, pairs: &[(i64, f64)
         push_string(out, ref_id);
         out.push_str(",\"datapoints\":[");
     }
-    for (index, (time, value)) in pairs.iter().enumerate() {
-        if index > 0 {
-            out.push(',');
-        }
-        out.push('[');
-        let mut digits = itoa::Buffer::new();
+    out.reserve(times_ms.len() * 36);
+    let mut digits = itoa::Buffer::new();
+    for (index, (time, value)) in times_ms.iter().zip(values).enumerate() {
+        out.push_str(if index > 0 { ",[" } else { "[" });
         if table {
             out.push_str(digits.format(*time));
             out.push(',');
@@ -199,17 +197,17 @@ pub fn query(body: &Value, settings: &Settings) -> Result<String, Answer> {
         let by_step = payload[X_AXIS].as_str() == Some("step");
         let table = payload[FORMAT].as_str() == Some("table") || target["type"].as_str() == Some("table");
         for series in matching_series(pattern, &names)? {
-            let mut pairs = if by_step {
+            // The host's points come in row order, and row timestamps never go backwards.
+            let (times_ms, values) = if by_step {
                 step_points(&series, points, settings)?
             } else {
                 let read = history::downsample(&series, span, points).map_err(history_error)?;
-                read.timestamps_ms.into_iter().zip(read.values).collect()
+                (read.timestamps_ms, read.values)
             };
-            pairs.sort_by_key(|(time, _)| *time);
             if answer.len() > 1 {
                 answer.push(',');
             }
-            push_series(&mut answer, &series, ref_id, &pairs, table);
+            push_series(&mut answer, &series, ref_id, &times_ms, &values, table);
         }
     }
     answer.push(']');
@@ -217,8 +215,9 @@ pub fn query(body: &Value, settings: &Settings) -> Result<String, Answer> {
 }
 
 /// Points of `series` over the whole run, placed at their row's step value read as
-/// epoch milliseconds, so Grafana's time axis shows steps.
-fn step_points(series: &str, points: u32, settings: &Settings) -> Result<Vec<(i64, f64)>, Answer> {
+/// epoch milliseconds (sorted: steps need not grow with rows), so Grafana's time axis
+/// shows steps.
+fn step_points(series: &str, points: u32, settings: &Settings) -> Result<(Vec<i64>, Vec<f64>), Answer> {
     let Some(step) = &settings.step_series else {
         return Err(Answer::error(400, "bad_payload", "x_axis `step` needs telemetry.step_key in the host configuration"));
     };
@@ -230,7 +229,8 @@ fn step_points(series: &str, points: u32, settings: &Settings) -> Result<Vec<(i6
             pairs.push((*step as i64, value));
         }
     }
-    Ok(pairs)
+    pairs.sort_by_key(|(step, _)| *step);
+    Ok(pairs.into_iter().unzip())
 }
 
 /// The original connector's answer to a request without `targets`: an object of every
