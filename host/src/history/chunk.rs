@@ -142,8 +142,11 @@ impl Chunk {
 
     /// The extremes levels of one series, finest first.
     pub fn levels(&self, series: usize) -> [&[MinMax]; LEVELS] {
+        // Offsets and lengths as constants: reads resolve levels per chunk they touch.
+        const OFFSETS: [usize; LEVELS] = [level_offset(0), level_offset(1), level_offset(2), level_offset(3), level_offset(4)];
+        const LENGTHS: [usize; LEVELS] = [level_len(0), level_len(1), level_len(2), level_len(3), level_len(4)];
         let start = HEADER_WORDS + CHUNK_ROWS * (1 + self.series) + extremes_words() * series;
-        std::array::from_fn(|level| bytemuck::cast_slice(self.words(start + level_offset(level), level_len(level) * MINMAX_WORDS)))
+        std::array::from_fn(|level| bytemuck::cast_slice(self.words(start + OFFSETS[level], LENGTHS[level] * MINMAX_WORDS)))
     }
 }
 

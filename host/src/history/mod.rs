@@ -499,7 +499,12 @@ impl History {
         let series = self.index_of(name)?;
         let (start, end) = self.resolve(span);
         let max_points = (max_points as usize).max(1);
-        let mut points = Points::default();
+        let capacity = max_points.min(end - start);
+        let mut points = Points {
+            rows: Vec::with_capacity(capacity),
+            timestamps_ms: Vec::with_capacity(capacity),
+            values: Vec::with_capacity(capacity),
+        };
         if end - start <= max_points {
             for (segment, first, end) in self.segments(start, end) {
                 let base = segment.first_row();
@@ -572,14 +577,18 @@ impl History {
         })
     }
 
+    fn timestamp(&self, row: usize) -> i64 {
+        let (segment, local) = self.locate(row);
+        segment.timestamps()[local]
+    }
+
     /// The first committed row whose timestamp does not satisfy `before` (timestamps are
     /// sorted).
     fn partition_point(&self, before: impl Fn(i64) -> bool) -> usize {
         let (mut low, mut high) = (0, self.committed as usize);
         while low < high {
             let middle = low + (high - low) / 2;
-            let (segment, local) = self.locate(middle);
-            if before(segment.timestamps()[local]) {
+            if before(self.timestamp(middle)) {
                 low = middle + 1;
             } else {
                 high = middle;
