@@ -8,6 +8,7 @@ use bytemuck::{Pod, Zeroable};
 
 /// Rows (or blocks) summarised by one block of the next level.
 pub const FANOUT: usize = 8;
+const FANOUT_BITS: u32 = FANOUT.trailing_zeros();
 
 /// The smallest and largest non-NaN value of a set of rows, with their row indices. Laid
 /// out as four 8-byte words, as sealed chunks store it on disk.
@@ -98,13 +99,15 @@ pub fn range(levels: &[&[MinMax]], values: &[f64], first_row: u64, first: usize,
     while row < end {
         // The largest summarised block that starts at `row` and ends within the range.
         let mut found: Option<(&MinMax, usize)> = None;
-        let mut block_size = FANOUT;
+        // Block sizes are powers of two: shifts and masks, not divisions, in this hot loop.
+        let mut shift = FANOUT_BITS;
         for blocks in levels {
-            if !row.is_multiple_of(block_size) || row + block_size > end || row / block_size >= blocks.len() {
+            let block_size = 1 << shift;
+            if row & (block_size - 1) != 0 || row + block_size > end || row >> shift >= blocks.len() {
                 break;
             }
-            found = Some((&blocks[row / block_size], block_size));
-            block_size *= FANOUT;
+            found = Some((&blocks[row >> shift], block_size));
+            shift += FANOUT_BITS;
         }
         match found {
             Some((block, size)) => {

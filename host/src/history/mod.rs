@@ -232,12 +232,6 @@ impl<'a> SeriesReader<'a> {
         }
         result
     }
-
-    fn push_point(&mut self, points: &mut Points, row: usize, value: f64) {
-        points.rows.push(row as u64);
-        points.timestamps_ms.push(self.timestamp(row));
-        points.values.push(value);
-    }
 }
 
 /// The folder of a durable history and its open log.
@@ -515,36 +509,34 @@ impl History {
             return Ok(points);
         }
         let mut reader = SeriesReader::new(self, series);
+        // First the rows to keep, then their timestamps and values in one pass: the reads
+        // of a long history miss the cache, and independent reads in a tight loop overlap.
         if max_points < 4 {
             // Too few points for a bucket's four: evenly spaced rows, first and last kept.
             let span = end - start - 1;
-            for index in 0..max_points {
-                let row = start + if max_points == 1 { 0 } else { index * span / (max_points - 1) };
-                let value = reader.value(row);
-                reader.push_point(&mut points, row, value);
-            }
-            return Ok(points);
-        }
-        let edges = bucket_edges(start, end, max_points / 4);
-        for bucket in edges.windows(2) {
-            let (first, last) = (bucket[0], bucket[1] - 1);
-            let extremes = reader.extremes(first, last + 1);
-            let mut kept = [(first, reader.value(first)); 4];
-            let mut count = 1;
-            if !extremes.is_empty() {
-                let (low, high) = ((extremes.min_row as usize, extremes.min), (extremes.max_row as usize, extremes.max));
-                (kept[1], kept[2]) = if low.0 <= high.0 { (low, high) } else { (high, low) };
-                count = 3;
-            }
-            kept[count] = (last, reader.value(last));
-            count += 1;
-            let mut previous = usize::MAX;
-            for &(row, value) in &kept[..count] {
-                if row != previous {
-                    reader.push_point(&mut points, row, value);
-                    previous = row;
+            let row = |index: usize| start + if max_points == 1 { 0 } else { index * span / (max_points - 1) };
+            points.rows.extend((0..max_points).map(|index| row(index) as u64));
+        } else {
+            for bucket in bucket_edges(start, end, max_points / 4).windows(2) {
+                let (first, last) = (bucket[0], bucket[1] - 1);
+                let extremes = reader.extremes(first, last + 1);
+                let mut kept = [first, first, first, last];
+                if !extremes.is_empty() {
+                    let (low, high) = (extremes.min_row as usize, extremes.max_row as usize);
+                    (kept[1], kept[2]) = (low.min(high), low.max(high));
+                }
+                let mut previous = usize::MAX;
+                for row in kept {
+                    if row != previous {
+                        points.rows.push(row as u64);
+                        previous = row;
+                    }
                 }
             }
+        }
+        for &row in &points.rows {
+            points.timestamps_ms.push(reader.timestamp(row as usize));
+            points.values.push(reader.value(row as usize));
         }
         Ok(points)
     }
