@@ -36,14 +36,12 @@ impl MinMax {
     /// Merges `other`, which covers rows after the ones `self` covers: on ties the earlier
     /// row wins, so the result is the same however a range is cut into blocks.
     pub fn merge(&mut self, other: &MinMax) {
-        if other.min < self.min {
-            self.min = other.min;
-            self.min_row = other.min_row;
-        }
-        if other.max > self.max {
-            self.max = other.max;
-            self.max_row = other.max_row;
-        }
+        // Selects rather than branches: on a noisy series which side wins is a coin toss.
+        let (lower, higher) = (other.min < self.min, other.max > self.max);
+        self.min_row = if lower { other.min_row } else { self.min_row };
+        self.min = if lower { other.min } else { self.min };
+        self.max_row = if higher { other.max_row } else { self.max_row };
+        self.max = if higher { other.max } else { self.max };
     }
 }
 

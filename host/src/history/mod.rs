@@ -613,8 +613,22 @@ fn bucket_edges(start: usize, end: usize, buckets: usize) -> Vec<usize> {
     while align * extremes::FANOUT * 4 <= width / buckets && align * extremes::FANOUT <= CHUNK_ROWS {
         align *= extremes::FANOUT;
     }
-    let inner = (1..buckets).map(|bucket| ((start + bucket * width / buckets) / align * align).max(start));
-    std::iter::once(start).chain(inner).chain(std::iter::once(end)).collect()
+    // `start + bucket * width / buckets`, stepped without a division per edge.
+    let (step, step_remainder) = (width / buckets, width % buckets);
+    let (mut even, mut remainder) = (start, 0);
+    let mut edges = Vec::with_capacity(buckets + 1);
+    edges.push(start);
+    for _ in 1..buckets {
+        even += step;
+        remainder += step_remainder;
+        if remainder >= buckets {
+            remainder -= buckets;
+            even += 1;
+        }
+        edges.push((even & !(align - 1)).max(start));
+    }
+    edges.push(end);
+    edges
 }
 
 #[cfg(test)]
@@ -658,6 +672,10 @@ mod tests {
         {
             let edges = bucket_edges(start, end, buckets);
             assert_eq!((edges.len(), edges[0], edges[buckets]), (buckets + 1, start, end));
+            for (bucket, edge) in edges.iter().enumerate().take(buckets).skip(1) {
+                let even = start + bucket * (end - start) / buckets;
+                assert!(*edge <= even && *edge * 4 + (end - start) / buckets >= even * 4, "edge {bucket} at {edge}, evenly {even}");
+            }
             let width = (end - start) as f64 / buckets as f64;
             for pair in edges.windows(2) {
                 let bucket = (pair[1] - pair[0]) as f64;
