@@ -158,3 +158,41 @@ fn a_plugin_that_always_traps_never_slows_the_others() {
     host.stop();
     assert_eq!(host.recorded_rows("good"), (0..ROWS).collect::<Vec<_>>());
 }
+
+#[test]
+fn a_trapping_handler_instance_is_replaced_while_its_pool_keeps_answering() {
+    let manifest = "[grants]\nlisten = { prefix = \"/t\" }\n[limits]\nhttp_instances = 2\n";
+    let mut host = TestHost::start(&[PluginSpec::new("server", fixture("trapping-server"), manifest), good()]);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let servers = runtime
+        .block_on(telemetry_host::capabilities::http_server::serve("127.0.0.1:0", host.plugins().http_routes(), 1 << 20, None))
+        .unwrap();
+    let base = format!("http://{}/t", servers[0].address);
+    let (trapped, answers) = runtime.block_on(async {
+        let client = reqwest::Client::new();
+        let get = |path: &str| {
+            let request = client.get(format!("{base}{path}"));
+            async move {
+                let response = request.send().await.unwrap();
+                (response.status().as_u16(), response.text().await.unwrap())
+            }
+        };
+        let trapped = get("/trap").await;
+        let mut answers = Vec::new();
+        for _ in 0..20 {
+            answers.push(get("/").await);
+        }
+        (trapped, answers)
+    });
+    assert_eq!(trapped.0, 503, "a trap is answered 503: {}", trapped.1);
+    assert!(trapped.1.contains("plugin `server` failed"), "{}", trapped.1);
+    assert!(answers.iter().all(|(status, _)| *status == 200), "{answers:?}");
+    let stats = host.stats("server");
+    assert_eq!((stats.traps.load(Ordering::Relaxed), stats.restarts.load(Ordering::Relaxed)), (1, 1));
+    runtime.block_on(async {
+        for server in servers {
+            server.shutdown().await;
+        }
+    });
+    feed_and_check_good(&mut host);
+}

@@ -17,7 +17,7 @@ const GUEST_PROFILE: &str = "guest";
 /// Connectors shipped with the host: `plugins/<name>`, crate `<name>-connector`.
 const CONNECTORS: &[&str] = &["file", "grafana", "wandb"];
 /// Test fixtures: `tests/fixtures/plugins/<name>`, crate `<name>-connector`.
-const FIXTURES: &[&str] = &["misbehaving", "null"];
+const FIXTURES: &[&str] = &["misbehaving", "null", "trapping-server"];
 
 fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
@@ -136,7 +136,8 @@ fn test_with_summary(workspace: &Path, extra: &[String]) -> Result<()> {
         .current_dir(workspace)
         // Every crate of the workspace: the guests' own unit tests run natively too; the
         // fixtures have none.
-        .args(["test", "--no-fail-fast", "--workspace", "--exclude", "misbehaving-connector", "--exclude", "null-connector"])
+        .args(["test", "--no-fail-fast", "--workspace"])
+        .args(FIXTURES.iter().flat_map(|name| ["--exclude".to_string(), format!("{name}-connector")]))
         .args(extra)
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -203,7 +204,7 @@ fn build_guests(workspace: &Path, target: &Path) -> Result<()> {
 }
 
 fn copy_component(built: &Path, name: &str, to: &Path) -> Result<()> {
-    let from = built.join(format!("{name}_connector.wasm"));
+    let from = built.join(format!("{}_connector.wasm", name.replace('-', "_")));
     std::fs::copy(&from, to).with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
     Ok(())
 }
