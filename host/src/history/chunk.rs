@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, ensure};
 use memmap2::Mmap;
 
-use super::extremes::{FANOUT, MinMax};
+use super::extremes::{Extremes, FANOUT, MinMax};
 
 #[cfg(target_endian = "big")]
 compile_error!("history chunks are stored little-endian and read in place: big-endian targets are not supported");
@@ -22,7 +22,10 @@ compile_error!("history chunks are stored little-endian and read in place: big-e
 pub const CHUNK_ROWS: usize = 32_768;
 /// Extremes levels per series: blocks of 8, 64, 512, 4096 and 32768 rows.
 pub const LEVELS: usize = 5;
-const MAGIC: u64 = u64::from_le_bytes(*b"THCHUNK1");
+const MAGIC: u64 = u64::from_le_bytes(*b"THCHUNK2");
+/// Chunks whose summaries had no timestamps (sessions before 0.1's release); rewritten in
+/// the current format when opened.
+const MAGIC_WITHOUT_TIMES: u64 = u64::from_le_bytes(*b"THCHUNK1");
 const HEADER_WORDS: usize = 8;
 const MINMAX_WORDS: usize = size_of::<MinMax>() / 8;
 
@@ -107,6 +110,9 @@ impl Chunk {
         // SAFETY: chunk files are immutable once renamed into place and only this host
         // writes the history folder; the map is read-only.
         let map = unsafe { Mmap::map(&file) }.with_context(|| format!("cannot map {}", path.display()))?;
+        if map.len() >= HEADER_WORDS * 8 && map[..8] == MAGIC_WITHOUT_TIMES.to_le_bytes() {
+            return Chunk::rewrite_without_times(path, series, &map);
+        }
         let expected = (HEADER_WORDS + CHUNK_ROWS * (1 + series) + extremes_words() * series) * 8;
         ensure!(map.len() == expected, "{}: {} bytes, a chunk of {series} series has {expected}", path.display(), map.len());
         let header: &[u64] = bytemuck::try_cast_slice(&map[..HEADER_WORDS * 8]).map_err(|e| anyhow::anyhow!("{e:?}"))?;
@@ -119,6 +125,48 @@ impl Chunk {
             header[3]
         );
         Ok(Chunk { first_row: header[1], bytes: Bytes::Mapped(map), series })
+    }
+
+    /// Rewrites a chunk of the format whose summaries had no timestamps: its rows are
+    /// the same, its summaries are rebuilt from them.
+    fn rewrite_without_times(path: &Path, series: usize, map: &[u8]) -> Result<Chunk> {
+        let rows_words = HEADER_WORDS + CHUNK_ROWS * (1 + series);
+        ensure!(map.len() > rows_words * 8, "{}: {} bytes, too short for a chunk of {series} series", path.display(), map.len());
+        let words: &[u64] = bytemuck::try_cast_slice(&map[..rows_words * 8]).map_err(|e| anyhow::anyhow!("{}: {e:?}", path.display()))?;
+        ensure!(
+            words[2] == CHUNK_ROWS as u64 && words[3] == series as u64,
+            "{}: a chunk of {} rows and {} series, expected {CHUNK_ROWS} and {series}",
+            path.display(),
+            words[2],
+            words[3]
+        );
+        let first_row = words[1];
+        let timestamps: Vec<i64> = words[HEADER_WORDS..HEADER_WORDS + CHUNK_ROWS].iter().map(|word| *word as i64).collect();
+        let columns: Vec<Vec<f64>> = (0..series)
+            .map(|column| {
+                let start = HEADER_WORDS + CHUNK_ROWS * (1 + column);
+                words[start..start + CHUNK_ROWS].iter().map(|word| f64::from_bits(*word)).collect()
+            })
+            .collect();
+        let summaries: Vec<Extremes> = columns
+            .iter()
+            .map(|values| {
+                let mut extremes = Extremes::default();
+                for len in 1..=CHUNK_ROWS {
+                    extremes.on_push(&values[..len], &timestamps[..len], first_row);
+                }
+                extremes
+            })
+            .collect();
+        let data = ChunkData {
+            first_row,
+            timestamps_ms: &timestamps,
+            columns: columns.iter().zip(&summaries).map(|(values, extremes)| (values.as_slice(), extremes.levels().collect())).collect(),
+        };
+        tracing::info!("rewriting {} in the current chunk format", path.display());
+        let dir = path.parent().context("a chunk path has a folder")?;
+        let name = path.file_name().and_then(|name| name.to_str()).context("a chunk file name is text")?;
+        Chunk::encode(&data).persist(dir, name)
     }
 
     fn bytes(&self) -> &[u8] {

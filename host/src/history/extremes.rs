@@ -10,27 +10,31 @@ use bytemuck::{Pod, Zeroable};
 pub const FANOUT: usize = 8;
 const FANOUT_BITS: u32 = FANOUT.trailing_zeros();
 
-/// The smallest and largest non-NaN value of a set of rows, with their row indices. Laid
-/// out as four 8-byte words, as sealed chunks store it on disk.
+/// The smallest and largest non-NaN value of a set of rows, with their row indices and
+/// timestamps (so a downsampled read needs no other access to those rows). Laid out as
+/// six 8-byte words, as sealed chunks store it on disk.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Pod, Zeroable)]
 pub struct MinMax {
     pub min: f64,
     pub min_row: u64,
+    pub min_ms: i64,
     pub max: f64,
     pub max_row: u64,
+    pub max_ms: i64,
 }
 
 impl MinMax {
     /// The summary of no value (or only NaN values).
-    pub const EMPTY: MinMax = MinMax { min: f64::INFINITY, min_row: u64::MAX, max: f64::NEG_INFINITY, max_row: u64::MAX };
+    pub const EMPTY: MinMax =
+        MinMax { min: f64::INFINITY, min_row: u64::MAX, min_ms: 0, max: f64::NEG_INFINITY, max_row: u64::MAX, max_ms: 0 };
 
     pub fn is_empty(&self) -> bool {
         self.min_row == u64::MAX
     }
 
-    fn of_value(row: u64, value: f64) -> MinMax {
-        if value.is_nan() { MinMax::EMPTY } else { MinMax { min: value, min_row: row, max: value, max_row: row } }
+    fn of_value(row: u64, ms: i64, value: f64) -> MinMax {
+        if value.is_nan() { MinMax::EMPTY } else { MinMax { min: value, min_row: row, min_ms: ms, max: value, max_row: row, max_ms: ms } }
     }
 
     /// Merges `other`, which covers rows after the ones `self` covers: on ties the earlier
@@ -39,8 +43,10 @@ impl MinMax {
         // Selects rather than branches: on a noisy series which side wins is a coin toss.
         let (lower, higher) = (other.min < self.min, other.max > self.max);
         self.min_row = if lower { other.min_row } else { self.min_row };
+        self.min_ms = if lower { other.min_ms } else { self.min_ms };
         self.min = if lower { other.min } else { self.min };
         self.max_row = if higher { other.max_row } else { self.max_row };
+        self.max_ms = if higher { other.max_ms } else { self.max_ms };
         self.max = if higher { other.max } else { self.max };
     }
 }
@@ -53,17 +59,17 @@ pub struct Extremes {
 }
 
 impl Extremes {
-    /// Records the value just pushed at the end of `values` (the chunk's rows so far,
-    /// the first of which is row `first_row` of the history).
-    pub fn on_push(&mut self, values: &[f64], first_row: u64) {
+    /// Records the value just pushed at the end of `values` (the chunk's rows so far, with
+    /// their `timestamps`, the first of which is row `first_row` of the history).
+    pub fn on_push(&mut self, values: &[f64], timestamps: &[i64], first_row: u64) {
         let mut len = values.len();
         if !len.is_multiple_of(FANOUT) {
             return;
         }
         let first = len - FANOUT;
         let mut block = MinMax::EMPTY;
-        for (offset, value) in values[first..].iter().enumerate() {
-            block.merge(&MinMax::of_value(first_row + (first + offset) as u64, *value));
+        for (offset, (value, ms)) in values[first..].iter().zip(&timestamps[first..]).enumerate() {
+            block.merge(&MinMax::of_value(first_row + (first + offset) as u64, *ms, *value));
         }
         let mut level = 0;
         loop {
@@ -89,9 +95,9 @@ impl Extremes {
     }
 }
 
-/// The extremes of `values[first..end]`, whose block summaries are `levels` (finest
-/// first) and whose first value is row `first_row` of the history.
-pub fn range(levels: &[&[MinMax]], values: &[f64], first_row: u64, first: usize, end: usize) -> MinMax {
+/// The extremes of `values[first..end]` (rows stamped `timestamps`), whose block summaries
+/// are `levels` (finest first) and whose first value is row `first_row` of the history.
+pub fn range(levels: &[&[MinMax]], values: &[f64], timestamps: &[i64], first_row: u64, first: usize, end: usize) -> MinMax {
     let mut result = MinMax::EMPTY;
     let mut row = first;
     while row < end {
@@ -113,7 +119,7 @@ pub fn range(levels: &[&[MinMax]], values: &[f64], first_row: u64, first: usize,
                 row += size;
             }
             None => {
-                result.merge(&MinMax::of_value(first_row + row as u64, values[row]));
+                result.merge(&MinMax::of_value(first_row + row as u64, timestamps[row], values[row]));
                 row += 1;
             }
         }
@@ -125,10 +131,14 @@ pub fn range(levels: &[&[MinMax]], values: &[f64], first_row: u64, first: usize,
 mod tests {
     use super::*;
 
+    fn stamp(row: usize) -> i64 {
+        1_000_000 + row as i64 * 7
+    }
+
     fn brute_force(values: &[f64], first: usize, end: usize) -> MinMax {
         let mut result = MinMax::EMPTY;
         for (row, value) in values.iter().enumerate().take(end).skip(first) {
-            result.merge(&MinMax::of_value(row as u64, *value));
+            result.merge(&MinMax::of_value(row as u64, stamp(row), *value));
         }
         result
     }
@@ -136,17 +146,18 @@ mod tests {
     #[test]
     fn range_queries_match_a_linear_scan() {
         let mut values = Vec::new();
+        let timestamps: Vec<i64> = (0..5000).map(stamp).collect();
         let mut extremes = Extremes::default();
         let mut state = 12345u64;
         for row in 0..5000 {
             state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             let value = if row % 97 == 0 { f64::NAN } else { (state >> 40) as f64 % 1000.0 };
             values.push(value);
-            extremes.on_push(&values, 0);
+            extremes.on_push(&values, &timestamps, 0);
         }
         for (first, end) in [(0, 5000), (1, 4999), (7, 9), (64, 512), (63, 4097), (100, 101), (4095, 4097)] {
             assert_eq!(
-                range(&extremes.levels().collect::<Vec<_>>(), &values, 0, first, end),
+                range(&extremes.levels().collect::<Vec<_>>(), &values, &timestamps, 0, first, end),
                 brute_force(&values, first, end),
                 "{first}..{end}"
             );
@@ -156,10 +167,11 @@ mod tests {
     #[test]
     fn a_range_of_nan_only_is_empty() {
         let values = vec![f64::NAN; 20];
+        let timestamps = vec![0; 20];
         let mut extremes = Extremes::default();
         for len in 1..=values.len() {
-            extremes.on_push(&values[..len], 0);
+            extremes.on_push(&values[..len], &timestamps[..len], 0);
         }
-        assert!(range(&extremes.levels().collect::<Vec<_>>(), &values, 0, 0, 20).is_empty());
+        assert!(range(&extremes.levels().collect::<Vec<_>>(), &values, &timestamps, 0, 0, 20).is_empty());
     }
 }

@@ -89,7 +89,7 @@ impl Tail {
             // Blocks never straddle chunks: the extremes of rows past the first chunk's
             // end are rebuilt when that chunk is sealed.
             if column.values.len() <= CHUNK_ROWS {
-                column.extremes.on_push(&column.values, self.first_row);
+                column.extremes.on_push(&column.values, &self.timestamps_ms, self.first_row);
             }
         }
     }
@@ -227,7 +227,7 @@ impl<'a> SeriesReader<'a> {
             let view = self.view_of(row);
             let stop = end.min(view.end_row);
             let base = view.first_row;
-            result.merge(&extremes::range(&view.levels, view.values, base as u64, row - base, stop - base));
+            result.merge(&extremes::range(&view.levels, view.values, view.timestamps, base as u64, row - base, stop - base));
             row = stop;
         }
         result
@@ -509,34 +509,47 @@ impl History {
             return Ok(points);
         }
         let mut reader = SeriesReader::new(self, series);
-        // First the rows to keep, then their timestamps and values in one pass: the reads
-        // of a long history miss the cache, and independent reads in a tight loop overlap.
+        // The summaries give the minimum's and maximum's time and value; the rows at bucket
+        // edges are read afterwards in one pass, where their cache misses overlap.
+        let mut to_read = Vec::with_capacity(capacity);
+        let mut keep = |points: &mut Points, row: usize, known: Option<(i64, f64)>| {
+            points.rows.push(row as u64);
+            let (ms, value) = known.unwrap_or_else(|| {
+                to_read.push(points.rows.len() - 1);
+                (0, f64::NAN)
+            });
+            points.timestamps_ms.push(ms);
+            points.values.push(value);
+        };
         if max_points < 4 {
             // Too few points for a bucket's four: evenly spaced rows, first and last kept.
             let span = end - start - 1;
-            let row = |index: usize| start + if max_points == 1 { 0 } else { index * span / (max_points - 1) };
-            points.rows.extend((0..max_points).map(|index| row(index) as u64));
+            for index in 0..max_points {
+                keep(&mut points, start + if max_points == 1 { 0 } else { index * span / (max_points - 1) }, None);
+            }
         } else {
             for bucket in bucket_edges(start, end, max_points / 4).windows(2) {
                 let (first, last) = (bucket[0], bucket[1] - 1);
                 let extremes = reader.extremes(first, last + 1);
-                let mut kept = [first, first, first, last];
+                let mut kept = [(first, None), (first, None), (first, None), (last, None)];
                 if !extremes.is_empty() {
-                    let (low, high) = (extremes.min_row as usize, extremes.max_row as usize);
-                    (kept[1], kept[2]) = (low.min(high), low.max(high));
+                    let low = (extremes.min_row as usize, Some((extremes.min_ms, extremes.min)));
+                    let high = (extremes.max_row as usize, Some((extremes.max_ms, extremes.max)));
+                    (kept[1], kept[2]) = if low.0 <= high.0 { (low, high) } else { (high, low) };
                 }
                 let mut previous = usize::MAX;
-                for row in kept {
+                for (row, known) in kept {
                     if row != previous {
-                        points.rows.push(row as u64);
+                        keep(&mut points, row, known);
                         previous = row;
                     }
                 }
             }
         }
-        for &row in &points.rows {
-            points.timestamps_ms.push(reader.timestamp(row as usize));
-            points.values.push(reader.value(row as usize));
+        for index in to_read {
+            let row = points.rows[index] as usize;
+            points.timestamps_ms[index] = reader.timestamp(row);
+            points.values[index] = reader.value(row);
         }
         Ok(points)
     }
@@ -767,6 +780,29 @@ mod tests {
             assert_eq!((start, end), (32_768, 32_771));
         }
         assert_eq!(durable.downsample("x", Span::All, 1000).unwrap().rows, in_memory.downsample("x", Span::All, 1000).unwrap().rows);
+    }
+
+    #[test]
+    fn a_chunk_of_the_format_without_summary_times_is_rewritten_and_reads_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = vec!["x".to_string(), "row".to_string()];
+        let mut history = History::open(dir.path(), names.clone()).unwrap();
+        fill(&mut history, 0..40_000);
+        history.commit().unwrap();
+        let expected = history.downsample("x", Span::All, 1000).unwrap();
+        drop(history);
+        // The older layout: the same header and rows, then summaries of four words.
+        let path = chunk::chunk_path(dir.path(), 0);
+        let bytes = std::fs::read(&path).unwrap();
+        let rows_bytes = (8 + CHUNK_ROWS * 3) * 8;
+        let mut old = bytes[..rows_bytes].to_vec();
+        old[..8].copy_from_slice(b"THCHUNK1");
+        old.resize(rows_bytes + (bytes.len() - rows_bytes) * 4 / 6, 0);
+        std::fs::write(&path, old).unwrap();
+        let reopened = History::open(dir.path(), names).unwrap();
+        assert_eq!(reopened.row_count(), 40_000);
+        assert_eq!(reopened.downsample("x", Span::All, 1000).unwrap(), expected);
+        assert_eq!(&std::fs::read(&path).unwrap()[..8], b"THCHUNK2");
     }
 
     #[test]
