@@ -23,8 +23,8 @@ pub const CHUNK_ROWS: usize = 32_768;
 /// Extremes levels per series: blocks of 8, 64, 512, 4096 and 32768 rows.
 pub const LEVELS: usize = 5;
 const MAGIC: u64 = u64::from_le_bytes(*b"THCHUNK2");
-/// Chunks whose summaries had no timestamps (sessions before 0.1's release); rewritten in
-/// the current format when opened.
+/// Chunks written before summaries carried their rows' times; rewritten in the current
+/// format when opened.
 const MAGIC_WITHOUT_TIMES: u64 = u64::from_le_bytes(*b"THCHUNK1");
 const HEADER_WORDS: usize = 8;
 const MINMAX_WORDS: usize = size_of::<MinMax>() / 8;
@@ -117,13 +117,7 @@ impl Chunk {
         ensure!(map.len() == expected, "{}: {} bytes, a chunk of {series} series has {expected}", path.display(), map.len());
         let header: &[u64] = bytemuck::try_cast_slice(&map[..HEADER_WORDS * 8]).map_err(|e| anyhow::anyhow!("{e:?}"))?;
         ensure!(header[0] == MAGIC, "{}: not a history chunk", path.display());
-        ensure!(
-            header[2] == CHUNK_ROWS as u64 && header[3] == series as u64,
-            "{}: a chunk of {} rows and {} series, expected {CHUNK_ROWS} and {series}",
-            path.display(),
-            header[2],
-            header[3]
-        );
+        check_shape(path, header, series)?;
         Ok(Chunk { first_row: header[1], bytes: Bytes::Mapped(map), series })
     }
 
@@ -133,13 +127,7 @@ impl Chunk {
         let rows_words = HEADER_WORDS + CHUNK_ROWS * (1 + series);
         ensure!(map.len() > rows_words * 8, "{}: {} bytes, too short for a chunk of {series} series", path.display(), map.len());
         let words: &[u64] = bytemuck::try_cast_slice(&map[..rows_words * 8]).map_err(|e| anyhow::anyhow!("{}: {e:?}", path.display()))?;
-        ensure!(
-            words[2] == CHUNK_ROWS as u64 && words[3] == series as u64,
-            "{}: a chunk of {} rows and {} series, expected {CHUNK_ROWS} and {series}",
-            path.display(),
-            words[2],
-            words[3]
-        );
+        check_shape(path, &words[..HEADER_WORDS], series)?;
         let first_row = words[1];
         let timestamps: Vec<i64> = words[HEADER_WORDS..HEADER_WORDS + CHUNK_ROWS].iter().map(|word| *word as i64).collect();
         let columns: Vec<Vec<f64>> = (0..series)
@@ -196,6 +184,18 @@ impl Chunk {
         let start = HEADER_WORDS + CHUNK_ROWS * (1 + self.series) + extremes_words() * series;
         std::array::from_fn(|level| bytemuck::cast_slice(self.words(start + OFFSETS[level], LENGTHS[level] * MINMAX_WORDS)))
     }
+}
+
+/// The header's row and series counts are what this history expects.
+fn check_shape(path: &Path, header: &[u64], series: usize) -> Result<()> {
+    ensure!(
+        header[2] == CHUNK_ROWS as u64 && header[3] == series as u64,
+        "{}: a chunk of {} rows and {} series, expected {CHUNK_ROWS} and {series}",
+        path.display(),
+        header[2],
+        header[3]
+    );
+    Ok(())
 }
 
 pub fn chunk_path(dir: &Path, index: usize) -> PathBuf {

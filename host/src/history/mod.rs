@@ -803,6 +803,14 @@ mod tests {
         assert_eq!(reopened.row_count(), 40_000);
         assert_eq!(reopened.downsample("x", Span::All, 1000).unwrap(), expected);
         assert_eq!(&std::fs::read(&path).unwrap()[..8], b"THCHUNK2");
+        // A truncated chunk of the older format is refused, by name, never half rewritten.
+        drop(reopened);
+        let mut torn = b"THCHUNK1".to_vec();
+        torn.resize(4096, 0);
+        std::fs::write(&path, &torn).unwrap();
+        let error = format!("{:#}", History::open(dir.path(), vec!["x".into(), "row".into()]).err().unwrap());
+        assert!(error.contains("chunk-00000000.bin") && error.contains("too short"), "{error}");
+        assert_eq!(std::fs::read(&path).unwrap(), torn);
     }
 
     #[test]
