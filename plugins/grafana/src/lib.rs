@@ -4,6 +4,7 @@
 //! so a request costs the same at any history length.
 
 mod dates;
+mod numbers;
 mod query;
 mod validate;
 

@@ -3,6 +3,7 @@
 
 use serde_json::{Map, Value, json};
 
+use crate::numbers::{push_integer, push_number};
 use crate::telemetry::connector::history::{self, HistoryError, RowRange, Span, TimeRange};
 use crate::{Answer, Settings, dates};
 
@@ -115,23 +116,6 @@ fn history_error(error: HistoryError) -> Answer {
     Answer::error(400, "bad_target", &message)
 }
 
-/// Below this, a whole number prints as its digits and `.0`, as the shortest form does.
-const PLAIN_INTEGER_LIMIT: f64 = 1e15;
-
-/// Appends a JSON number (the shortest text that reads back as `value`), or `null` for NaN
-/// and infinities. Formatting dominates an answer's cost: zmij needs fewer 128-bit products,
-/// which wasm emulates, than ryu, and whole numbers (steps, counts) skip it.
-fn push_number(out: &mut String, value: f64) {
-    if !value.is_finite() {
-        out.push_str("null");
-    } else if value != 0.0 && value.fract() == 0.0 && value.abs() < PLAIN_INTEGER_LIMIT {
-        out.push_str(itoa::Buffer::new().format(value as i64));
-        out.push_str(".0");
-    } else {
-        out.push_str(zmij::Buffer::new().format_finite(value));
-    }
-}
-
 fn push_string(out: &mut String, text: &str) {
     out.push_str(&serde_json::to_string(text).unwrap_or_else(|_| "\"\"".into()));
 }
@@ -155,17 +139,16 @@ fn push_series(out: &mut String, series: &str, ref_id: &str, times_ms: &[i64], v
         out.push_str(",\"datapoints\":[");
     }
     out.reserve(times_ms.len() * 36);
-    let mut digits = itoa::Buffer::new();
     for (index, (time, value)) in times_ms.iter().zip(values).enumerate() {
         out.push_str(if index > 0 { ",[" } else { "[" });
         if table {
-            out.push_str(digits.format(*time));
+            push_integer(out, *time);
             out.push(',');
             push_number(out, *value);
         } else {
             push_number(out, *value);
             out.push(',');
-            out.push_str(digits.format(*time));
+            push_integer(out, *time);
         }
         out.push(']');
     }
@@ -261,43 +244,4 @@ fn legacy_answer(points: u32) -> Value {
         object.insert(name, Value::Array(values));
     }
     Value::Object(object)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn number_text(value: f64) -> String {
-        let mut out = String::new();
-        push_number(&mut out, value);
-        out
-    }
-
-    #[test]
-    fn numbers_are_the_shortest_text_that_reads_back_exactly() {
-        let mut state = 0x9E37_79B9_7F4A_7C15u64;
-        let mut values = vec![0.0, -0.0, 1.0, -1.0, 250.0, 0.1, 1e15 - 1.0, 1e15, 1e16, 1e21, 5e-324, f64::MAX, f64::MIN_POSITIVE];
-        for _ in 0..100_000 {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            values.extend([f64::from_bits(state), (state >> 11) as f64 / 1e6, (state % 1_000_000) as f64 - 500_000.0]);
-        }
-        for value in values.into_iter().filter(|value| value.is_finite()) {
-            let text = number_text(value);
-            let back: f64 = text.parse().unwrap_or_else(|_| panic!("{text} is no number"));
-            assert_eq!(back.to_bits(), value.to_bits(), "{value:e} written as {text}");
-            assert!(serde_json::from_str::<f64>(&text).is_ok(), "{text} is no JSON number");
-            if value.fract() == 0.0 && value.abs() < PLAIN_INTEGER_LIMIT {
-                assert_eq!(text, format!("{value:?}"), "whole number {value}");
-            }
-        }
-    }
-
-    #[test]
-    fn nan_and_infinities_are_null() {
-        for value in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
-            assert_eq!(number_text(value), "null");
-        }
-    }
 }
