@@ -21,6 +21,7 @@ impl From<ReadError> for HistoryError {
     fn from(error: ReadError) -> HistoryError {
         match error {
             ReadError::UnknownSeries(_) => HistoryError::UnknownSeries(error.to_string()),
+            ReadError::OutOfRange { .. } => HistoryError::OutOfRange(error.to_string()),
         }
     }
 }
@@ -40,6 +41,10 @@ impl Host for HistoryReader {
 
     fn read_timestamps(&mut self, range: RowRange) -> Result<Vec<i64>, HistoryError> {
         Ok(self.read(|history| history.read_timestamps(range.first, range.count)))
+    }
+
+    fn read_at(&mut self, series: String, rows: Vec<u64>) -> Result<Vec<f64>, HistoryError> {
+        Ok(self.read(|history| history.values_at(&series, &rows))?)
     }
 
     fn downsample(&mut self, series: String, span: Span, max_points: u32) -> Result<Points, HistoryError> {

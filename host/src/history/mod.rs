@@ -62,6 +62,8 @@ pub struct RowBatch {
 pub enum ReadError {
     #[error("no series is named `{0}`")]
     UnknownSeries(String),
+    #[error("row {row} is not in the history, which has {rows} rows")]
+    OutOfRange { row: u64, rows: u64 },
 }
 
 /// The rows not yet sealed, column by column.
@@ -463,6 +465,16 @@ impl History {
         Ok(values)
     }
 
+    /// The values of `name` at `rows`, in their order (forward order reads fastest).
+    pub fn values_at(&self, name: &str, rows: &[u64]) -> Result<Vec<f64>, ReadError> {
+        let series = self.index_of(name)?;
+        if let Some(row) = rows.iter().find(|row| **row >= self.committed) {
+            return Err(ReadError::OutOfRange { row: *row, rows: self.committed });
+        }
+        let mut reader = SeriesReader::new(self, series);
+        Ok(rows.iter().map(|row| reader.value(*row as usize)).collect())
+    }
+
     pub fn read_timestamps(&self, first: u64, count: u64) -> Vec<i64> {
         let (start, end) = self.clip(first, count);
         let mut timestamps = Vec::with_capacity(end - start);
@@ -739,6 +751,19 @@ mod tests {
         history.push_row(40, &[2.0]).unwrap();
         history.commit().unwrap();
         assert_eq!(history.read_timestamps(0, 10), vec![50, 50]);
+    }
+
+    #[test]
+    fn values_at_rows_come_in_the_order_asked_across_chunks() {
+        let values: Vec<f64> = (0..CHUNK_ROWS * 2 + 100).map(|row| row as f64).collect();
+        let history = history_of(&values);
+        let rows = [0, (CHUNK_ROWS * 2 + 99) as u64, 5, CHUNK_ROWS as u64, (CHUNK_ROWS - 1) as u64, 5];
+        let expected: Vec<f64> = rows.iter().map(|row| *row as f64).collect();
+        assert_eq!(history.values_at("x", &rows), Ok(expected));
+        assert_eq!(history.values_at("x", &[]), Ok(Vec::new()));
+        let rows_held = values.len() as u64;
+        assert_eq!(history.values_at("x", &[1, rows_held]), Err(ReadError::OutOfRange { row: rows_held, rows: rows_held }));
+        assert_eq!(history.values_at("y", &[1]), Err(ReadError::UnknownSeries("y".into())));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use serde_json::{Map, Value, json};
 
 use crate::numbers::{push_integer, push_number};
-use crate::telemetry::connector::history::{self, HistoryError, RowRange, Span, TimeRange};
+use crate::telemetry::connector::history::{self, HistoryError, Span, TimeRange};
 use crate::{Answer, Settings, dates};
 
 /// Payload options of every metric: the x axis and the answer format.
@@ -205,13 +205,9 @@ fn step_points(series: &str, points: u32, settings: &Settings) -> Result<(Vec<i6
         return Err(Answer::error(400, "bad_payload", "x_axis `step` needs telemetry.step_key in the host configuration"));
     };
     let read = history::downsample(series, Span::All, points).map_err(history_error)?;
-    let mut pairs = Vec::with_capacity(read.rows.len());
-    for (row, value) in read.rows.iter().zip(read.values) {
-        let steps = history::read_series(step, RowRange { first: *row, count: 1 }).map_err(history_error)?;
-        if let Some(step) = steps.first().filter(|step| step.is_finite()) {
-            pairs.push((*step as i64, value));
-        }
-    }
+    let steps = history::read_at(step, &read.rows).map_err(history_error)?;
+    let mut pairs: Vec<(i64, f64)> =
+        steps.iter().zip(read.values).filter(|(step, _)| step.is_finite()).map(|(step, value)| (*step as i64, value)).collect();
     pairs.sort_by_key(|(step, _)| *step);
     Ok(pairs.into_iter().unzip())
 }
@@ -228,19 +224,8 @@ fn legacy_answer(points: u32) -> Value {
     };
     let mut object = Map::new();
     for name in history::series_names() {
-        let values: Vec<Value> = if picks.len() as u64 == rows {
-            history::read_series(&name, RowRange { first: 0, count: rows }).unwrap_or_default().into_iter().map(number_or_null).collect()
-        } else {
-            picks
-                .iter()
-                .map(|row| {
-                    history::read_series(&name, RowRange { first: *row, count: 1 })
-                        .ok()
-                        .and_then(|v| v.first().copied())
-                        .map_or(Value::Null, number_or_null)
-                })
-                .collect()
-        };
+        let values = history::read_at(&name, &picks).unwrap_or_default();
+        let values: Vec<Value> = values.into_iter().map(number_or_null).collect();
         object.insert(name, Value::Array(values));
     }
     Value::Object(object)
