@@ -123,7 +123,9 @@ impl Connector for Grafana {
     fn start(context: StartContext) -> Result<(), ConnectorError> {
         let settings = parse_settings(&context).map_err(ConnectorError::InvalidConfig)?;
         SETTINGS.with(|cell| *cell.borrow_mut() = Some(settings));
-        log(Level::Info, &format!("serving {} series", context.series.len()));
+        // Debug: every handler instance of the pool starts too, and the host already logs
+        // where the plugin is served.
+        log(Level::Debug, &format!("serving {} series", context.series.len()));
         Ok(())
     }
 
