@@ -2,7 +2,7 @@
 //! plugin that must receive every row exactly once while the other misbehaves.
 
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use telemetry_host::capabilities::outgoing_http::Transport;
 use telemetry_host::capabilities::secrets::Secrets;
@@ -157,6 +157,58 @@ fn a_plugin_that_always_traps_never_slows_the_others() {
     assert_eq!(bad.cursor.load(Ordering::Relaxed), 0, "a batch that always traps is never counted as delivered");
     host.stop();
     assert_eq!(host.recorded_rows("good"), (0..ROWS).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_pooled_handler_running_to_its_time_limit_holds_up_no_other_request() {
+    let manifest = "[grants]\nlisten = { prefix = \"/t\" }\n[limits]\nhttp_instances = 2\ncall_timeout_ms = 2000\n";
+    let mut host = TestHost::start(&[PluginSpec::new("server", fixture("trapping-server"), manifest), good()]);
+    // As the host runs: two workers on this 2-core machine, both of them busy with a spin.
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let own_route = axum::Router::new().route("/ping", axum::routing::get(|| async { "pong" }));
+    let servers = runtime
+        .block_on(telemetry_host::capabilities::http_server::serve("127.0.0.1:0", host.plugins().http_routes(), 1 << 20, Some(own_route)))
+        .unwrap();
+    let base = format!("http://{}", servers[0].address);
+    let (spins, ping, ping_time) = runtime.block_on(async {
+        let client = reqwest::Client::new();
+        let started = Instant::now();
+        let spins: Vec<_> = (0..2)
+            .map(|_| {
+                let request = client.get(format!("{base}/t/spin"));
+                tokio::spawn(async move {
+                    let response = request.send().await.unwrap();
+                    (response.status().as_u16(), response.text().await.unwrap(), started.elapsed())
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let asked = Instant::now();
+        let ping = client.get(format!("{base}/ping")).send().await.unwrap().text().await.unwrap();
+        let ping_time = asked.elapsed();
+        let mut answers = Vec::new();
+        for spin in spins {
+            answers.push(spin.await.unwrap());
+        }
+        (answers, ping, ping_time)
+    });
+    assert_eq!(ping, "pong");
+    // Each instance yields at every epoch tick (5 ms) and lets the worker poll for I/O.
+    assert!(ping_time < Duration::from_millis(250), "the host's own route waited {ping_time:?} behind two spinning handlers");
+    for (status, text, elapsed) in &spins {
+        assert_eq!(*status, 503, "{text}");
+        assert!(text.contains("exceeded its call time limit of 2000 ms"), "{text}");
+        // Side by side, not one after the other: each instance yields to the workers.
+        assert!(*elapsed >= Duration::from_millis(2000) && *elapsed < Duration::from_millis(3500), "stopped after {elapsed:?}");
+    }
+    let stats = host.stats("server");
+    assert_eq!((stats.traps.load(Ordering::Relaxed), stats.restarts.load(Ordering::Relaxed)), (2, 2));
+    runtime.block_on(async {
+        for server in servers {
+            server.shutdown().await;
+        }
+    });
+    feed_and_check_good(&mut host);
 }
 
 #[test]

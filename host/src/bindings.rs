@@ -23,6 +23,23 @@ pub mod outbound {
     });
 }
 
+/// The `http-connector` world with its exports called asynchronously, for the handler
+/// instances of a pool, which answer on the HTTP server's workers and yield to them while
+/// they compute (imports shared with [`connector`]).
+pub mod connector_async {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "http-connector",
+        exports: { default: async },
+        with: {
+            "telemetry:connector/types": super::connector::telemetry::connector::types,
+            "telemetry:connector/history": super::connector::telemetry::connector::history,
+            "telemetry:connector/log": super::connector::telemetry::connector::log,
+            "telemetry:connector/http-types": super::connector::telemetry::connector::http_types,
+        },
+    });
+}
+
 pub use connector::exports::telemetry::connector::http_handler;
 pub use connector::exports::telemetry::connector::telemetry_connector;
 pub use connector::telemetry::connector::{history, http_types, log, types};

@@ -227,12 +227,27 @@ fn send_over_network(client: &reqwest::blocking::Client, request: Request, url: 
     for (name, value) in &request.headers {
         builder = builder.header(name.as_str(), value.as_str());
     }
-    let response = builder.send().map_err(|error| classify(&error))?;
-    let status = response.status().as_u16();
-    let headers =
-        response.headers().iter().map(|(name, value)| (name.to_string(), String::from_utf8_lossy(value.as_bytes()).into_owned())).collect();
-    let body = response.bytes().map_err(|error| classify(&error))?.to_vec();
-    Ok(Response { status, headers, body })
+    off_the_async_worker(|| {
+        let response = builder.send().map_err(|error| classify(&error))?;
+        let status = response.status().as_u16();
+        let headers = response
+            .headers()
+            .iter()
+            .map(|(name, value)| (name.to_string(), String::from_utf8_lossy(value.as_bytes()).into_owned()))
+            .collect();
+        let body = response.bytes().map_err(|error| classify(&error))?.to_vec();
+        Ok(Response { status, headers, body })
+    })
+}
+
+/// Runs `wait`, a wait for the network, so that on a worker of the host's HTTP runtime
+/// (where the handler instances of a pool answer) the tasks queued behind it move to
+/// another worker; reqwest's blocking client also refuses to wait on a runtime's worker.
+fn off_the_async_worker<R>(wait: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) if runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(wait),
+        _ => wait(),
+    }
 }
 
 fn classify(error: &reqwest::Error) -> SendError {

@@ -8,10 +8,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use wasmtime::component::ResourceTable;
-use wasmtime::{Store, StoreLimits, StoreLimitsBuilder, Trap};
+use wasmtime::{Store, StoreLimits, StoreLimitsBuilder, Trap, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::loader::{EPOCH_TICK, LoadedPlugin};
+use super::loader::{EPOCH_TICK, LoadedPlugin, PooledHandler};
+use crate::bindings::connector_async::exports::telemetry::connector as exports_async;
 use crate::bindings::http_types::{Request, Response};
 use crate::bindings::types::{ConnectorError, Rows, StartContext};
 use crate::bindings::{http_handler, telemetry_connector};
@@ -84,29 +85,9 @@ pub struct Instance {
 impl Instance {
     /// Instantiates the plugin (without calling `start`).
     pub fn new(plugin: &LoadedPlugin, env: &PluginEnv) -> Result<Instance, CallFailure> {
-        let manifest = &plugin.manifest;
-        let data_dir = plugin.data_dir.as_deref().zip(manifest.grants.data_dir.as_ref().map(|grant| grant.access));
-        let wasi = crate::capabilities::filesystem::wasi_context(data_dir).map_err(|error| CallFailure::Trapped(format!("{error:#}")))?;
-        let memory_bytes = usize::try_from(manifest.limits.memory_mb.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
-        let log = match &env.log_capture {
-            Some(capture) => PluginLog::captured(&manifest.name, capture.clone()),
-            None => PluginLog::to_tracing(&manifest.name),
-        };
-        let mut outgoing = OutgoingHttp::new(&manifest.name, manifest.grants.outbound.clone(), env.secrets.clone(), env.transport.clone());
-        outgoing.denied = env.denied.clone();
-        let state = PluginState {
-            wasi,
-            table: ResourceTable::new(),
-            limits: StoreLimitsBuilder::new().memory_size(memory_bytes).trap_on_grow_failure(true).build(),
-            log,
-            history: HistoryReader::new(env.history.clone()),
-            outgoing,
-        };
-        let mut store = Store::new(plugin.pre.engine(), state);
-        store.limiter(|state| &mut state.limits);
+        let mut store = new_store(plugin, env)?;
         store.epoch_deadline_trap();
-        let call_timeout = Duration::from_millis(manifest.limits.call_timeout_ms);
-        let memory_mb = manifest.limits.memory_mb;
+        let (call_timeout, memory_mb) = limits(plugin);
         arm_deadline(&mut store, call_timeout);
         let loaded = plugin.pre.instantiate(&mut store).and_then(|wasm| {
             let connector = plugin.connector.load(&mut store, &wasm)?;
@@ -168,6 +149,112 @@ impl Instance {
     fn trap_reason(&self, error: wasmtime::Error) -> CallFailure {
         trap_reason(error, self.call_timeout, self.memory_mb)
     }
+}
+
+/// A handler instance of a pool: called asynchronously on the HTTP server's workers, it
+/// yields to them at every epoch tick, so a long call holds up no other request, and traps
+/// at the plugin's call time limit.
+pub struct PooledInstance {
+    store: Store<PluginState>,
+    connector: exports_async::telemetry_connector::Guest,
+    http_handler: exports_async::http_handler::Guest,
+    call_timeout: Duration,
+    memory_mb: u64,
+}
+
+impl PooledInstance {
+    /// Instantiates the plugin and calls its `start`.
+    pub async fn start(
+        plugin: &LoadedPlugin,
+        pooled: &PooledHandler,
+        env: &PluginEnv,
+        context: &StartContext,
+    ) -> Result<PooledInstance, CallFailure> {
+        let mut store = new_store(plugin, env)?;
+        store.epoch_deadline_callback(|store| {
+            let expired = store.data().outgoing.call_deadline.is_none_or(|deadline| Instant::now() >= deadline);
+            // tokio's yield lets the worker poll for I/O before it resumes the call.
+            Ok(if expired { UpdateDeadline::Interrupt } else { UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now())) })
+        });
+        let (call_timeout, memory_mb) = limits(plugin);
+        arm_yielding_deadline(&mut store, call_timeout);
+        let loaded = async {
+            let wasm = pooled.pre.instantiate_async(&mut store).await?;
+            Ok((pooled.connector.load(&mut store, &wasm)?, pooled.http_handler.load(&mut store, &wasm)?))
+        };
+        let (connector, http_handler) = loaded.await.map_err(|error| trap_reason(error, call_timeout, memory_mb))?;
+        let mut instance = PooledInstance { store, connector, http_handler, call_timeout, memory_mb };
+        instance.arm_deadline();
+        let connector = instance.connector.clone();
+        let result = connector.call_start(&mut instance.store, context).await;
+        instance.finish(result)?;
+        Ok(instance)
+    }
+
+    pub async fn handle(&mut self, request: &Request) -> Result<Response, CallFailure> {
+        self.arm_deadline();
+        let handler = self.http_handler.clone();
+        let result = handler.call_handle(&mut self.store, request).await;
+        self.store.data_mut().outgoing.call_deadline = None;
+        result.map_err(|error| trap_reason(error, self.call_timeout, self.memory_mb))
+    }
+
+    pub async fn stop(&mut self) -> Result<(), CallFailure> {
+        self.arm_deadline();
+        let connector = self.connector.clone();
+        let result = connector.call_stop(&mut self.store).await;
+        self.finish(result)
+    }
+
+    fn arm_deadline(&mut self) {
+        arm_yielding_deadline(&mut self.store, self.call_timeout);
+    }
+
+    fn finish(&mut self, result: wasmtime::Result<Result<(), ConnectorError>>) -> Result<(), CallFailure> {
+        self.store.data_mut().outgoing.call_deadline = None;
+        match result {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => Err(CallFailure::Plugin(error)),
+            Err(error) => Err(trap_reason(error, self.call_timeout, self.memory_mb)),
+        }
+    }
+}
+
+/// A store for an instance of `plugin`, with its capabilities and memory limit.
+fn new_store(plugin: &LoadedPlugin, env: &PluginEnv) -> Result<Store<PluginState>, CallFailure> {
+    let manifest = &plugin.manifest;
+    let data_dir = plugin.data_dir.as_deref().zip(manifest.grants.data_dir.as_ref().map(|grant| grant.access));
+    let wasi = crate::capabilities::filesystem::wasi_context(data_dir).map_err(|error| CallFailure::Trapped(format!("{error:#}")))?;
+    let memory_bytes = usize::try_from(manifest.limits.memory_mb.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
+    let log = match &env.log_capture {
+        Some(capture) => PluginLog::captured(&manifest.name, capture.clone()),
+        None => PluginLog::to_tracing(&manifest.name),
+    };
+    let mut outgoing = OutgoingHttp::new(&manifest.name, manifest.grants.outbound.clone(), env.secrets.clone(), env.transport.clone());
+    outgoing.denied = env.denied.clone();
+    let state = PluginState {
+        wasi,
+        table: ResourceTable::new(),
+        limits: StoreLimitsBuilder::new().memory_size(memory_bytes).trap_on_grow_failure(true).build(),
+        log,
+        history: HistoryReader::new(env.history.clone()),
+        outgoing,
+    };
+    let mut store = Store::new(plugin.pre.engine(), state);
+    store.limiter(|state| &mut state.limits);
+    Ok(store)
+}
+
+/// A call's time limit and the memory limit, for explaining traps.
+fn limits(plugin: &LoadedPlugin) -> (Duration, u64) {
+    (Duration::from_millis(plugin.manifest.limits.call_timeout_ms), plugin.manifest.limits.memory_mb)
+}
+
+/// The next epoch tick yields (the callback above decides whether the call has run out
+/// of time), whatever the time limit.
+fn arm_yielding_deadline(store: &mut Store<PluginState>, call_timeout: Duration) {
+    store.set_epoch_deadline(1);
+    store.data_mut().outgoing.call_deadline = Some(Instant::now() + call_timeout);
 }
 
 fn arm_deadline(store: &mut Store<PluginState>, call_timeout: Duration) {

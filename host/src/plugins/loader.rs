@@ -14,7 +14,7 @@ use wasmtime::{Config, Engine};
 use super::cache::{ComponentCache, Origin};
 use super::instance::PluginState;
 use super::manifest::Manifest;
-use crate::bindings::{http_handler, names, telemetry_connector};
+use crate::bindings::{connector_async, http_handler, names, telemetry_connector};
 use crate::capabilities;
 
 /// How often the epoch advances: the granularity of call time limits.
@@ -24,6 +24,9 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(5);
 pub struct Runtime {
     pub engine: Engine,
     linker: Linker<PluginState>,
+    /// The same capabilities for the handler instances of a pool, which are called
+    /// asynchronously (WASI's asynchronous side, which never blocks on a runtime).
+    async_linker: Linker<PluginState>,
     cache: ComponentCache,
     ticker_running: Arc<AtomicBool>,
 }
@@ -41,10 +44,20 @@ pub struct LoadedPlugin {
     pub pre: InstancePre<PluginState>,
     pub connector: telemetry_connector::GuestIndices,
     pub http_handler: Option<http_handler::GuestIndices>,
+    /// For a plugin that asks for a pool of handler instances (`http_instances` > 1).
+    pub pooled: Option<PooledHandler>,
     /// The host path of the granted data directory.
     pub data_dir: Option<PathBuf>,
     pub load_time: Duration,
     pub origin: Origin,
+}
+
+/// A plugin's component prepared for the async engine: what a pool's instances run.
+#[derive(Clone)]
+pub struct PooledHandler {
+    pub pre: InstancePre<PluginState>,
+    pub connector: connector_async::exports::telemetry::connector::telemetry_connector::GuestIndices,
+    pub http_handler: connector_async::exports::telemetry::connector::http_handler::GuestIndices,
 }
 
 /// What a component imports and exports, as `plugin inspect` shows it.
@@ -101,9 +114,13 @@ impl Runtime {
         let engine = Engine::new(&config)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
-        capabilities::log::add_to_linker(&mut linker, |state: &mut PluginState| &mut state.log)?;
-        capabilities::history::add_to_linker(&mut linker, |state: &mut PluginState| &mut state.history)?;
-        capabilities::outgoing_http::add_to_linker(&mut linker, |state: &mut PluginState| &mut state.outgoing)?;
+        let mut async_linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut async_linker)?;
+        for linker in [&mut linker, &mut async_linker] {
+            capabilities::log::add_to_linker(linker, |state: &mut PluginState| &mut state.log)?;
+            capabilities::history::add_to_linker(linker, |state: &mut PluginState| &mut state.history)?;
+            capabilities::outgoing_http::add_to_linker(linker, |state: &mut PluginState| &mut state.outgoing)?;
+        }
         let ticker_running = Arc::new(AtomicBool::new(true));
         let weak_engine = engine.weak();
         let running = ticker_running.clone();
@@ -116,7 +133,7 @@ impl Runtime {
                 }
             }
         })?;
-        Ok(Runtime { engine, linker, cache: ComponentCache::new(cache_dir), ticker_running })
+        Ok(Runtime { engine, linker, async_linker, cache: ComponentCache::new(cache_dir), ticker_running })
     }
 
     /// Reads and compiles (or loads from the cache) a component file, with a clear error
@@ -145,7 +162,20 @@ impl Runtime {
             true => Some(http_handler::GuestIndices::new(&pre).map_err(anyhow::Error::from).with_context(context)?),
             false => None,
         };
-        Ok(LoadedPlugin { manifest, pre, connector, http_handler, data_dir, load_time: started.elapsed(), origin })
+        let pooled = match http_handler.is_some() && manifest.limits.http_instances > 1 {
+            true => Some(self.pooled_handler(&component).with_context(context)?),
+            false => None,
+        };
+        Ok(LoadedPlugin { manifest, pre, connector, http_handler, pooled, data_dir, load_time: started.elapsed(), origin })
+    }
+
+    fn pooled_handler(&self, component: &Component) -> Result<PooledHandler> {
+        let pre = self.async_linker.instantiate_pre(component)?;
+        Ok(PooledHandler {
+            connector: connector_async::exports::telemetry::connector::telemetry_connector::GuestIndices::new(&pre)?,
+            http_handler: connector_async::exports::telemetry::connector::http_handler::GuestIndices::new(&pre)?,
+            pre,
+        })
     }
 }
 

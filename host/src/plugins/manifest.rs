@@ -77,7 +77,8 @@ pub struct Limits {
     pub call_timeout_ms: u64,
     /// Instances answering HTTP requests side by side. With more than one, requests go
     /// to instances of their own that get `start` and `stop` but never `update`: only
-    /// for handlers that answer from the history and their configuration alone.
+    /// for handlers that answer from the history and their configuration alone. They
+    /// answer on the HTTP server's workers, called asynchronously (`handler_pool`).
     #[serde(default = "default_http_instances")]
     pub http_instances: u32,
 }

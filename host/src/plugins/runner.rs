@@ -9,7 +9,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use super::cursor::{Cursor, CursorFile};
-use super::handler_pool::{HandlerPool, HttpJob};
+use super::handler_pool::HandlerPool;
 use super::instance::{CallFailure, Instance, PluginEnv};
 use super::loader::LoadedPlugin;
 use crate::bindings::http_types::{Request, Response};
@@ -59,7 +59,7 @@ pub struct PluginRunner {
     notified: Arc<AtomicBool>,
     pub stats: Arc<PluginStats>,
     thread: Option<JoinHandle<()>>,
-    pool: Option<HandlerPool>,
+    pool: Option<Arc<HandlerPool>>,
 }
 
 /// Tells one plugin the history grew, from any thread.
@@ -89,18 +89,20 @@ pub struct HttpEndpoint {
 #[derive(Clone)]
 enum HttpTarget {
     Runner(Sender<Command>),
-    Pool(Sender<HttpJob>),
+    Pool(Arc<HandlerPool>),
 }
 
 impl HttpEndpoint {
     /// The plugin's answer, or `None` if the plugin is gone.
     pub async fn call(&self, request: Request) -> Option<Response> {
-        let (reply, answer) = tokio::sync::oneshot::channel();
         match &self.target {
-            HttpTarget::Runner(sender) => sender.send(Command::Http(request, reply)).ok()?,
-            HttpTarget::Pool(sender) => sender.send(HttpJob::Request(request, reply)).ok()?,
+            HttpTarget::Runner(sender) => {
+                let (reply, answer) = tokio::sync::oneshot::channel();
+                sender.send(Command::Http(request, reply)).ok()?;
+                answer.await.ok()
+            }
+            HttpTarget::Pool(pool) => pool.call(&request).await,
         }
-        answer.await.ok()
     }
 }
 
@@ -112,11 +114,10 @@ impl PluginRunner {
         let stats = Arc::new(PluginStats { cursor: AtomicU64::new(cursor.next_row), denied: env.denied.clone(), ..PluginStats::default() });
         let name = plugin.manifest.name.clone();
         let instances = plugin.manifest.limits.http_instances;
-        let pool = if plugin.http_handler.is_some() && instances > 1 {
-            Some(HandlerPool::spawn(&plugin, &env, &stats, instances, options.backoff_first)?)
-        } else {
-            None
-        };
+        let pool = plugin
+            .pooled
+            .as_ref()
+            .map(|pooled| Arc::new(HandlerPool::new(&plugin, pooled, &env, &stats, instances, options.backoff_first)));
         let mut worker = Worker {
             plugin,
             env,
@@ -142,7 +143,7 @@ impl PluginRunner {
 
     pub fn http_endpoint(&self) -> HttpEndpoint {
         let target = match &self.pool {
-            Some(pool) => HttpTarget::Pool(pool.sender()),
+            Some(pool) => HttpTarget::Pool(pool.clone()),
             None => HttpTarget::Runner(self.sender.clone()),
         };
         HttpEndpoint { plugin: self.name.clone(), target }
@@ -404,9 +405,14 @@ impl PluginStats {
     pub fn timed<R>(&self, call: impl FnOnce() -> R) -> R {
         let started = std::time::Instant::now();
         let result = call();
+        self.count_call(started);
+        result
+    }
+
+    /// Counts one call into the plugin that began at `started` and has just ended.
+    pub fn count_call(&self, started: std::time::Instant) {
         self.calls.fetch_add(1, Ordering::Relaxed);
         self.call_nanos.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
-        result
     }
 }
 
@@ -414,20 +420,22 @@ impl PluginStats {
 /// `next_row`.
 pub(super) fn start_instance(plugin: &LoadedPlugin, env: &PluginEnv, next_row: u64) -> Result<Instance, CallFailure> {
     let mut instance = Instance::new(plugin, env)?;
-    let context = {
-        let history = env.history.read().expect("history lock");
-        StartContext {
-            plugin_name: plugin.manifest.name.clone(),
-            config_json: serde_json::to_string(&plugin.manifest.config).unwrap_or_else(|_| "{}".into()),
-            host_config_json: env.host_config_json.clone(),
-            series: history.series_names().to_vec(),
-            step_series: env.step_series.clone(),
-            next_row,
-            run_started_ms: env.run_started_ms,
-        }
-    };
-    instance.start(&context)?;
+    instance.start(&start_context(plugin, env, next_row))?;
     Ok(instance)
+}
+
+/// What `start` tells an instance of `plugin` whose next row is `next_row`.
+pub(super) fn start_context(plugin: &LoadedPlugin, env: &PluginEnv, next_row: u64) -> StartContext {
+    let history = env.history.read().expect("history lock");
+    StartContext {
+        plugin_name: plugin.manifest.name.clone(),
+        config_json: serde_json::to_string(&plugin.manifest.config).unwrap_or_else(|_| "{}".into()),
+        host_config_json: env.host_config_json.clone(),
+        series: history.series_names().to_vec(),
+        step_series: env.step_series.clone(),
+        next_row,
+        run_started_ms: env.run_started_ms,
+    }
 }
 
 pub(super) fn unavailable_response(message: &str) -> Response {
