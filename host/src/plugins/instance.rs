@@ -139,11 +139,7 @@ impl Instance {
 
     fn finish(&mut self, result: wasmtime::Result<Result<(), ConnectorError>>) -> Result<(), CallFailure> {
         self.store.data_mut().outgoing.call_deadline = None;
-        match result {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(error)) => Err(CallFailure::Plugin(error)),
-            Err(error) => Err(self.trap_reason(error)),
-        }
+        call_outcome(result, self.call_timeout, self.memory_mb)
     }
 
     fn trap_reason(&self, error: wasmtime::Error) -> CallFailure {
@@ -212,11 +208,16 @@ impl PooledInstance {
 
     fn finish(&mut self, result: wasmtime::Result<Result<(), ConnectorError>>) -> Result<(), CallFailure> {
         self.store.data_mut().outgoing.call_deadline = None;
-        match result {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(error)) => Err(CallFailure::Plugin(error)),
-            Err(error) => Err(trap_reason(error, self.call_timeout, self.memory_mb)),
-        }
+        call_outcome(result, self.call_timeout, self.memory_mb)
+    }
+}
+
+/// What a call of `start`, `update` or `stop` came to.
+fn call_outcome(result: wasmtime::Result<Result<(), ConnectorError>>, call_timeout: Duration, memory_mb: u64) -> Result<(), CallFailure> {
+    match result {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(error)) => Err(CallFailure::Plugin(error)),
+        Err(error) => Err(trap_reason(error, call_timeout, memory_mb)),
     }
 }
 
