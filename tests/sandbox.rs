@@ -159,18 +159,45 @@ fn a_plugin_that_always_traps_never_slows_the_others() {
     assert_eq!(host.recorded_rows("good"), (0..ROWS).collect::<Vec<_>>());
 }
 
-#[test]
-fn a_pooled_handler_running_to_its_time_limit_holds_up_no_other_request() {
-    let manifest = "[grants]\nlisten = { prefix = \"/t\" }\n[limits]\nhttp_instances = 2\ncall_timeout_ms = 2000\n";
-    let mut host = TestHost::start(&[PluginSpec::new("server", fixture("trapping-server"), manifest), good()]);
-    // As the host runs: two workers on this 2-core machine, both of them busy with a spin.
+/// The `trapping-server` fixture served at `/t` with `limits` beside the good plugin, and
+/// `own_route` as a route of the host's own, on two workers as the host has on this machine.
+struct ServedPool {
+    host: TestHost,
+    runtime: tokio::runtime::Runtime,
+    servers: Vec<telemetry_host::capabilities::http_server::BoundServer>,
+    base: String,
+}
+
+fn serve_trapping_pool(limits: &str, own_route: Option<axum::Router>) -> ServedPool {
+    let manifest = format!("[grants]\nlisten = {{ prefix = \"/t\" }}\n[limits]\n{limits}");
+    let host = TestHost::start(&[PluginSpec::new("server", fixture("trapping-server"), &manifest), good()]);
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let own_route = axum::Router::new().route("/ping", axum::routing::get(|| async { "pong" }));
     let servers = runtime
-        .block_on(telemetry_host::capabilities::http_server::serve("127.0.0.1:0", host.plugins().http_routes(), 1 << 20, Some(own_route)))
+        .block_on(telemetry_host::capabilities::http_server::serve("127.0.0.1:0", host.plugins().http_routes(), 1 << 20, own_route))
         .unwrap();
     let base = format!("http://{}", servers[0].address);
-    let (spins, ping, ping_time) = runtime.block_on(async {
+    ServedPool { host, runtime, servers, base }
+}
+
+impl ServedPool {
+    /// Stops the servers; the good plugin still gets every row exactly once.
+    fn finish(mut self) {
+        self.runtime.block_on(async {
+            for server in self.servers {
+                server.shutdown().await;
+            }
+        });
+        feed_and_check_good(&mut self.host);
+    }
+}
+
+#[test]
+fn a_pooled_handler_running_to_its_time_limit_holds_up_no_other_request() {
+    let own_route = axum::Router::new().route("/ping", axum::routing::get(|| async { "pong" }));
+    let served = serve_trapping_pool("http_instances = 2\ncall_timeout_ms = 2000\n", Some(own_route));
+    let base = &served.base;
+    // Both workers busy with a spin each.
+    let (spins, ping, ping_time) = served.runtime.block_on(async {
         let client = reqwest::Client::new();
         let started = Instant::now();
         let spins: Vec<_> = (0..2)
@@ -201,26 +228,16 @@ fn a_pooled_handler_running_to_its_time_limit_holds_up_no_other_request() {
         // Side by side, not one after the other: each instance yields to the workers.
         assert!(*elapsed >= Duration::from_millis(2000) && *elapsed < Duration::from_millis(3500), "stopped after {elapsed:?}");
     }
-    let stats = host.stats("server");
+    let stats = served.host.stats("server");
     assert_eq!((stats.traps.load(Ordering::Relaxed), stats.restarts.load(Ordering::Relaxed)), (2, 2));
-    runtime.block_on(async {
-        for server in servers {
-            server.shutdown().await;
-        }
-    });
-    feed_and_check_good(&mut host);
+    served.finish();
 }
 
 #[test]
 fn a_trapping_handler_instance_is_replaced_while_its_pool_keeps_answering() {
-    let manifest = "[grants]\nlisten = { prefix = \"/t\" }\n[limits]\nhttp_instances = 2\n";
-    let mut host = TestHost::start(&[PluginSpec::new("server", fixture("trapping-server"), manifest), good()]);
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let servers = runtime
-        .block_on(telemetry_host::capabilities::http_server::serve("127.0.0.1:0", host.plugins().http_routes(), 1 << 20, None))
-        .unwrap();
-    let base = format!("http://{}/t", servers[0].address);
-    let (trapped, answers) = runtime.block_on(async {
+    let served = serve_trapping_pool("http_instances = 2\n", None);
+    let base = format!("{}/t", served.base);
+    let (trapped, answers) = served.runtime.block_on(async {
         let client = reqwest::Client::new();
         let get = |path: &str| {
             let request = client.get(format!("{base}{path}"));
@@ -239,12 +256,7 @@ fn a_trapping_handler_instance_is_replaced_while_its_pool_keeps_answering() {
     assert_eq!(trapped.0, 503, "a trap is answered 503: {}", trapped.1);
     assert!(trapped.1.contains("plugin `server` failed"), "{}", trapped.1);
     assert!(answers.iter().all(|(status, _)| *status == 200), "{answers:?}");
-    let stats = host.stats("server");
+    let stats = served.host.stats("server");
     assert_eq!((stats.traps.load(Ordering::Relaxed), stats.restarts.load(Ordering::Relaxed)), (1, 1));
-    runtime.block_on(async {
-        for server in servers {
-            server.shutdown().await;
-        }
-    });
-    feed_and_check_good(&mut host);
+    served.finish();
 }

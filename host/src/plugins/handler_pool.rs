@@ -39,24 +39,18 @@ struct PoolState {
 }
 
 impl HandlerPool {
-    /// A pool of up to `instances` instances, started as requests need them.
-    pub fn new(
-        plugin: &LoadedPlugin,
-        pooled: &PooledHandler,
-        env: &PluginEnv,
-        stats: &Arc<PluginStats>,
-        instances: u32,
-        restart_wait: Duration,
-    ) -> HandlerPool {
-        HandlerPool {
+    /// The pool of a plugin that asks for one (`http_instances` > 1), its instances started
+    /// as requests need them.
+    pub fn of(plugin: &LoadedPlugin, env: &PluginEnv, stats: &Arc<PluginStats>, restart_wait: Duration) -> Option<HandlerPool> {
+        Some(HandlerPool {
+            pooled: plugin.pooled.clone()?,
             plugin: plugin.clone(),
-            pooled: pooled.clone(),
             env: env.clone(),
             stats: stats.clone(),
-            permits: tokio::sync::Semaphore::new(instances as usize),
+            permits: tokio::sync::Semaphore::new(plugin.manifest.limits.http_instances as usize),
             state: Mutex::new(PoolState::default()),
             restart_wait,
-        }
+        })
     }
 
     /// The plugin's answer; `None` once the pool has stopped.

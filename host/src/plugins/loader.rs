@@ -52,7 +52,7 @@ pub struct LoadedPlugin {
     pub origin: Origin,
 }
 
-/// A plugin's component prepared for the async engine: what a pool's instances run.
+/// A plugin's component linked for asynchronous calls: what a pool's instances run.
 #[derive(Clone)]
 pub struct PooledHandler {
     pub pre: InstancePre<PluginState>,

@@ -113,11 +113,7 @@ impl PluginRunner {
         let notified = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(PluginStats { cursor: AtomicU64::new(cursor.next_row), denied: env.denied.clone(), ..PluginStats::default() });
         let name = plugin.manifest.name.clone();
-        let instances = plugin.manifest.limits.http_instances;
-        let pool = plugin
-            .pooled
-            .as_ref()
-            .map(|pooled| Arc::new(HandlerPool::new(&plugin, pooled, &env, &stats, instances, options.backoff_first)));
+        let pool = HandlerPool::of(&plugin, &env, &stats, options.backoff_first).map(Arc::new);
         let mut worker = Worker {
             plugin,
             env,
