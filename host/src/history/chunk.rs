@@ -4,7 +4,8 @@
 //! a chunk either exists whole or not at all.
 //!
 //! Layout, in little-endian 8-byte words: a header (`MAGIC`, first row, rows, series),
-//! the timestamps, each series' values, then each series' extremes levels, finest first.
+//! the timestamps, each series' values, then each series' extremes levels, finest first,
+//! followed by its block edges.
 
 use std::fs::File;
 use std::io::Write;
@@ -13,7 +14,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, ensure};
 use memmap2::Mmap;
 
-use super::extremes::{Extremes, FANOUT, MinMax};
+use super::extremes::{EDGE_ROWS, Edges, Extremes, FANOUT, MinMax};
 
 #[cfg(target_endian = "big")]
 compile_error!("history chunks are stored little-endian and read in place: big-endian targets are not supported");
@@ -22,12 +23,15 @@ compile_error!("history chunks are stored little-endian and read in place: big-e
 pub const CHUNK_ROWS: usize = 32_768;
 /// Extremes levels per series: blocks of 8, 64, 512, 4096 and 32768 rows.
 pub const LEVELS: usize = 5;
-const MAGIC: u64 = u64::from_le_bytes(*b"THCHUNK2");
-/// Chunks written before summaries carried their rows' times; rewritten in the current
-/// format when opened.
-const MAGIC_WITHOUT_TIMES: u64 = u64::from_le_bytes(*b"THCHUNK1");
+const MAGIC: u64 = u64::from_le_bytes(*b"THCHUNK3");
+/// Chunks of earlier formats, whose rows are laid out as now but whose summaries are not
+/// (version 1: no times in them, version 2: no block edges); rewritten when opened.
+const EARLIER_MAGICS: [u64; 2] = [u64::from_le_bytes(*b"THCHUNK1"), u64::from_le_bytes(*b"THCHUNK2")];
 const HEADER_WORDS: usize = 8;
 const MINMAX_WORDS: usize = size_of::<MinMax>() / 8;
+/// Block edges per series of a full chunk, and their words.
+const EDGE_BLOCKS: usize = CHUNK_ROWS / EDGE_ROWS;
+const EDGES_WORDS: usize = EDGE_BLOCKS * size_of::<Edges>() / 8;
 
 /// Entries of each extremes level of a full chunk.
 const fn level_len(level: usize) -> usize {
@@ -45,15 +49,34 @@ const fn level_offset(level: usize) -> usize {
     words
 }
 
-const fn extremes_words() -> usize {
-    level_offset(LEVELS)
+/// Words of one series' summaries: its extremes levels and block edges.
+const fn summary_words() -> usize {
+    level_offset(LEVELS) + EDGES_WORDS
+}
+
+/// Words of a full chunk of `series` series.
+const fn chunk_words(series: usize) -> usize {
+    HEADER_WORDS + CHUNK_ROWS * (1 + series) + summary_words() * series
 }
 
 /// The rows of a full chunk, to be sealed.
 pub struct ChunkData<'a> {
     pub first_row: u64,
     pub timestamps_ms: &'a [i64],
-    pub columns: Vec<(&'a [f64], Vec<&'a [MinMax]>)>,
+    pub columns: Vec<ColumnData<'a>>,
+}
+
+/// One series of a full chunk: its values and their summaries.
+pub struct ColumnData<'a> {
+    pub values: &'a [f64],
+    pub levels: Vec<&'a [MinMax]>,
+    pub edges: &'a [Edges],
+}
+
+impl<'a> ColumnData<'a> {
+    pub fn new(values: &'a [f64], extremes: &'a Extremes) -> ColumnData<'a> {
+        ColumnData { values, levels: extremes.levels().collect(), edges: extremes.edges() }
+    }
 }
 
 /// The bytes of a sealed chunk: mapped from its file, or owned (histories kept in memory).
@@ -77,17 +100,19 @@ impl Chunk {
     /// Encodes a full chunk in memory.
     pub fn encode(data: &ChunkData) -> Chunk {
         let series = data.columns.len();
-        let mut words = Vec::with_capacity(HEADER_WORDS + CHUNK_ROWS * (1 + series) + extremes_words() * series);
+        let mut words = Vec::with_capacity(chunk_words(series));
         words.extend([MAGIC, data.first_row, CHUNK_ROWS as u64, series as u64, 0, 0, 0, 0]);
         words.extend(data.timestamps_ms.iter().map(|t| *t as u64));
-        for (values, _) in &data.columns {
-            words.extend(values.iter().map(|v| v.to_bits()));
+        for column in &data.columns {
+            words.extend(column.values.iter().map(|v| v.to_bits()));
         }
-        for (_, levels) in &data.columns {
-            for (level, blocks) in levels.iter().enumerate().take(LEVELS) {
+        for column in &data.columns {
+            for (level, blocks) in column.levels.iter().enumerate().take(LEVELS) {
                 debug_assert_eq!(blocks.len(), level_len(level));
                 words.extend(bytemuck::cast_slice::<MinMax, u64>(blocks));
             }
+            debug_assert_eq!(column.edges.len(), EDGE_BLOCKS);
+            words.extend(bytemuck::cast_slice::<Edges, u64>(column.edges));
         }
         Chunk { bytes: Bytes::Owned(words), series, first_row: data.first_row }
     }
@@ -110,10 +135,10 @@ impl Chunk {
         // SAFETY: chunk files are immutable once renamed into place and only this host
         // writes the history folder; the map is read-only.
         let map = unsafe { Mmap::map(&file) }.with_context(|| format!("cannot map {}", path.display()))?;
-        if map.len() >= HEADER_WORDS * 8 && map[..8] == MAGIC_WITHOUT_TIMES.to_le_bytes() {
-            return Chunk::rewrite_without_times(path, series, &map);
+        if map.len() >= HEADER_WORDS * 8 && EARLIER_MAGICS.iter().any(|magic| map[..8] == magic.to_le_bytes()) {
+            return Chunk::rewrite_summaries(path, series, &map);
         }
-        let expected = (HEADER_WORDS + CHUNK_ROWS * (1 + series) + extremes_words() * series) * 8;
+        let expected = chunk_words(series) * 8;
         ensure!(map.len() == expected, "{}: {} bytes, a chunk of {series} series has {expected}", path.display(), map.len());
         let header: &[u64] = bytemuck::try_cast_slice(&map[..HEADER_WORDS * 8]).map_err(|e| anyhow::anyhow!("{e:?}"))?;
         ensure!(header[0] == MAGIC, "{}: not a history chunk", path.display());
@@ -121,9 +146,9 @@ impl Chunk {
         Ok(Chunk { first_row: header[1], bytes: Bytes::Mapped(map), series })
     }
 
-    /// Rewrites a chunk of the format whose summaries had no timestamps: its rows are
-    /// the same, its summaries are rebuilt from them.
-    fn rewrite_without_times(path: &Path, series: usize, map: &[u8]) -> Result<Chunk> {
+    /// Rewrites a chunk of an earlier format: its rows are the same, its summaries are
+    /// rebuilt from them.
+    fn rewrite_summaries(path: &Path, series: usize, map: &[u8]) -> Result<Chunk> {
         let rows_words = HEADER_WORDS + CHUNK_ROWS * (1 + series);
         ensure!(map.len() > rows_words * 8, "{}: {} bytes, too short for a chunk of {series} series", path.display(), map.len());
         let words: &[u64] = bytemuck::try_cast_slice(&map[..rows_words * 8]).map_err(|e| anyhow::anyhow!("{}: {e:?}", path.display()))?;
@@ -149,7 +174,7 @@ impl Chunk {
         let data = ChunkData {
             first_row,
             timestamps_ms: &timestamps,
-            columns: columns.iter().zip(&summaries).map(|(values, extremes)| (values.as_slice(), extremes.levels().collect())).collect(),
+            columns: columns.iter().zip(&summaries).map(|(values, extremes)| ColumnData::new(values, extremes)).collect(),
         };
         tracing::info!("rewriting {} in the current chunk format", path.display());
         let dir = path.parent().context("a chunk path has a folder")?;
@@ -181,8 +206,17 @@ impl Chunk {
         // Offsets and lengths as constants: reads resolve levels per chunk they touch.
         const OFFSETS: [usize; LEVELS] = [level_offset(0), level_offset(1), level_offset(2), level_offset(3), level_offset(4)];
         const LENGTHS: [usize; LEVELS] = [level_len(0), level_len(1), level_len(2), level_len(3), level_len(4)];
-        let start = HEADER_WORDS + CHUNK_ROWS * (1 + self.series) + extremes_words() * series;
+        let start = self.summaries_start(series);
         std::array::from_fn(|level| bytemuck::cast_slice(self.words(start + OFFSETS[level], LENGTHS[level] * MINMAX_WORDS)))
+    }
+
+    /// The block edges of one series.
+    pub fn edges(&self, series: usize) -> &[Edges] {
+        bytemuck::cast_slice(self.words(self.summaries_start(series) + level_offset(LEVELS), EDGES_WORDS))
+    }
+
+    fn summaries_start(&self, series: usize) -> usize {
+        HEADER_WORDS + CHUNK_ROWS * (1 + self.series) + summary_words() * series
     }
 }
 

@@ -51,11 +51,53 @@ impl MinMax {
     }
 }
 
+impl MinMax {
+    /// The merge of consecutive `blocks`, as `merge` one after the other would give.
+    /// Extremes first, then the first block holding each: no data-dependent branch in the
+    /// scan (a merge per block compiles to branches, mispredicted on noisy series).
+    pub fn of_blocks(blocks: &[MinMax]) -> MinMax {
+        let (mut lowest, mut highest) = (MinMax::EMPTY.min, MinMax::EMPTY.max);
+        for block in blocks {
+            lowest = if block.min < lowest { block.min } else { lowest };
+            highest = if block.max > highest { block.max } else { highest };
+        }
+        let mut result = MinMax::EMPTY;
+        if lowest < MinMax::EMPTY.min
+            && let Some(block) = blocks.iter().find(|block| block.min == lowest)
+        {
+            (result.min, result.min_row, result.min_ms) = (block.min, block.min_row, block.min_ms);
+        }
+        if highest > MinMax::EMPTY.max
+            && let Some(block) = blocks.iter().find(|block| block.max == highest)
+        {
+            (result.max, result.max_row, result.max_ms) = (block.max, block.max_row, block.max_ms);
+        }
+        result
+    }
+}
+
+/// Rows of a block whose first and last points are kept apart (`Edges`): downsampling
+/// aligns its buckets to blocks at least this wide, so a bucket's first and last points
+/// come from a compact array instead of two rows on pages of their own.
+pub const EDGE_ROWS: usize = FANOUT * FANOUT;
+
+/// The first and last point (time and value, NaN kept) of a block of `EDGE_ROWS` rows.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Pod, Zeroable)]
+pub struct Edges {
+    pub first_ms: i64,
+    pub first: f64,
+    pub last_ms: i64,
+    pub last: f64,
+}
+
 /// The block summaries of the rows of one series in the chunk being filled, level by
-/// level: `levels[k][i]` covers the chunk's rows `i * FANOUT^(k+1) .. (i + 1) * FANOUT^(k+1)`.
+/// level: `levels[k][i]` covers the chunk's rows `i * FANOUT^(k+1) .. (i + 1) * FANOUT^(k+1)`;
+/// `edges[i]` holds the first and last point of rows `i * EDGE_ROWS .. (i + 1) * EDGE_ROWS`.
 #[derive(Default, Debug, Clone)]
 pub struct Extremes {
     levels: Vec<Vec<MinMax>>,
+    edges: Vec<Edges>,
 }
 
 impl Extremes {
@@ -65,6 +107,10 @@ impl Extremes {
         let mut len = values.len();
         if !len.is_multiple_of(FANOUT) {
             return;
+        }
+        if len.is_multiple_of(EDGE_ROWS) {
+            let (first, last) = (len - EDGE_ROWS, len - 1);
+            self.edges.push(Edges { first_ms: timestamps[first], first: values[first], last_ms: timestamps[last], last: values[last] });
         }
         let first = len - FANOUT;
         let mut block = MinMax::EMPTY;
@@ -93,11 +139,20 @@ impl Extremes {
     pub fn levels(&self) -> impl Iterator<Item = &[MinMax]> {
         self.levels.iter().map(Vec::as_slice)
     }
+
+    /// The edges of the complete blocks of `EDGE_ROWS` rows so far.
+    pub fn edges(&self) -> &[Edges] {
+        &self.edges
+    }
 }
 
 /// The extremes of `values[first..end]` (rows stamped `timestamps`), whose block summaries
 /// are `levels` (finest first) and whose first value is row `first_row` of the history.
 pub fn range(levels: &[&[MinMax]], values: &[f64], timestamps: &[i64], first_row: u64, first: usize, end: usize) -> MinMax {
+    if let Some(blocks) = whole_blocks(levels, first, end) {
+        // Downsampling aligns its buckets to blocks: one run of one level, no search.
+        return MinMax::of_blocks(blocks);
+    }
     let mut result = MinMax::EMPTY;
     let mut row = first;
     while row < end {
@@ -127,6 +182,19 @@ pub fn range(levels: &[&[MinMax]], values: &[f64], timestamps: &[i64], first_row
     result
 }
 
+/// The blocks that tile `first..end` exactly, all of one level, when both ends fall on
+/// that level's block edges and a few blocks suffice (past that, the general walk's
+/// coarser blocks are cheaper).
+fn whole_blocks<'a>(levels: &[&'a [MinMax]], first: usize, end: usize) -> Option<&'a [MinMax]> {
+    const MOST_BLOCKS: usize = 4 * FANOUT;
+    let aligned_bits = (first | end).trailing_zeros();
+    let level = (aligned_bits / FANOUT_BITS).checked_sub(1)? as usize;
+    let blocks = levels.get(level.min(levels.len().checked_sub(1)?))?;
+    let shift = FANOUT_BITS * (level.min(levels.len() - 1) as u32 + 1);
+    let (from, to) = (first >> shift, end >> shift);
+    (to > from && to - from <= MOST_BLOCKS && to <= blocks.len()).then(|| &blocks[from..to])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,7 +212,7 @@ mod tests {
     }
 
     #[test]
-    fn range_queries_match_a_linear_scan() {
+    fn range_queries_and_block_edges_match_the_rows() {
         let mut values = Vec::new();
         let timestamps: Vec<i64> = (0..5000).map(stamp).collect();
         let mut extremes = Extremes::default();
@@ -155,7 +223,27 @@ mod tests {
             values.push(value);
             extremes.on_push(&values, &timestamps, 0);
         }
-        for (first, end) in [(0, 5000), (1, 4999), (7, 9), (64, 512), (63, 4097), (100, 101), (4095, 4097)] {
+        for (block, edges) in extremes.edges().iter().enumerate() {
+            let (first, last) = (block * EDGE_ROWS, (block + 1) * EDGE_ROWS - 1);
+            assert_eq!((edges.first_ms, edges.last_ms), (timestamps[first], timestamps[last]));
+            assert_eq!((edges.first.to_bits(), edges.last.to_bits()), (values[first].to_bits(), values[last].to_bits()));
+        }
+        assert_eq!(extremes.edges().len(), 5000 / EDGE_ROWS);
+        for (first, end) in [
+            (0, 5000),
+            (1, 4999),
+            (7, 9),
+            (64, 512),
+            (63, 4097),
+            (100, 101),
+            (4095, 4097),
+            (512, 4096),
+            (1024, 4608),
+            (64, 128),
+            (8, 264),
+            (0, 4096),
+            (4096, 4096),
+        ] {
             assert_eq!(
                 range(&extremes.levels().collect::<Vec<_>>(), &values, &timestamps, 0, first, end),
                 brute_force(&values, first, end),

@@ -20,8 +20,8 @@ use std::sync::{Arc, RwLock};
 use anyhow::{Context, Result, ensure};
 
 pub use chunk::CHUNK_ROWS;
-use chunk::{Chunk, ChunkData};
-use extremes::{Extremes, MinMax};
+use chunk::{Chunk, ChunkData, ColumnData};
+use extremes::{EDGE_ROWS, Edges, Extremes, MinMax};
 use wal::{LoggedRow, Wal};
 
 /// The history shared between ingest (the only writer) and the plugins (readers).
@@ -144,6 +144,14 @@ impl<'a> Segment<'a> {
         }
     }
 
+    /// The edges of the complete blocks of `EDGE_ROWS` rows of one series.
+    fn edges(&self, series: usize) -> &'a [Edges] {
+        match self {
+            Segment::Chunk(chunk) => chunk.edges(series),
+            Segment::Tail(tail) => tail.columns[series].extremes.edges(),
+        }
+    }
+
     /// The block summaries of one series, finest first.
     fn levels(&self, series: usize) -> [&'a [MinMax]; chunk::LEVELS] {
         match self {
@@ -170,10 +178,12 @@ struct SeriesView<'a> {
     timestamps: &'a [i64],
     values: &'a [f64],
     levels: [&'a [MinMax]; chunk::LEVELS],
+    edges: &'a [Edges],
 }
 
 impl<'a> SeriesView<'a> {
-    const EMPTY: SeriesView<'static> = SeriesView { first_row: 0, end_row: 0, timestamps: &[], values: &[], levels: [&[]; chunk::LEVELS] };
+    const EMPTY: SeriesView<'static> =
+        SeriesView { first_row: 0, end_row: 0, timestamps: &[], values: &[], levels: [&[]; chunk::LEVELS], edges: &[] };
 
     fn of(segment: Segment<'a>, series: usize) -> SeriesView<'a> {
         let first_row = segment.first_row() as usize;
@@ -184,6 +194,7 @@ impl<'a> SeriesView<'a> {
             timestamps,
             values: segment.values(series),
             levels: segment.levels(series),
+            edges: segment.edges(series),
         }
     }
 
@@ -204,11 +215,19 @@ impl<'a> SeriesReader<'a> {
         SeriesReader { history, series, view: SeriesView::EMPTY }
     }
 
+    #[inline]
     fn view_of(&mut self, row: usize) -> &SeriesView<'a> {
         if !self.view.holds(row) {
-            self.view = SeriesView::of(self.history.locate(row).0, self.series);
+            self.move_to(row);
         }
         &self.view
+    }
+
+    /// Out of line: a read changes segment once per chunk, and calls `view_of` per bucket.
+    #[cold]
+    #[inline(never)]
+    fn move_to(&mut self, row: usize) {
+        self.view = SeriesView::of(self.history.locate(row).0, self.series);
     }
 
     fn timestamp(&mut self, row: usize) -> i64 {
@@ -219,6 +238,25 @@ impl<'a> SeriesReader<'a> {
     fn value(&mut self, row: usize) -> f64 {
         let view = self.view_of(row);
         view.values[row - view.first_row]
+    }
+
+    /// The point at `row` if it starts a block of `EDGE_ROWS` rows already summarised.
+    fn block_first(&mut self, row: usize) -> Option<(i64, f64)> {
+        let view = self.view_of(row);
+        let local = row - view.first_row;
+        let edges = view.edges.get(local / EDGE_ROWS).filter(|_| local.is_multiple_of(EDGE_ROWS))?;
+        Some((edges.first_ms, edges.first))
+    }
+
+    /// The point at `end - 1` if it ends a block of `EDGE_ROWS` rows already summarised.
+    fn block_last(&mut self, end: usize) -> Option<(i64, f64)> {
+        let view = self.view_of(end - 1);
+        let local_end = end - view.first_row;
+        if !local_end.is_multiple_of(EDGE_ROWS) {
+            return None;
+        }
+        let edges = view.edges.get(local_end / EDGE_ROWS - 1)?;
+        Some((edges.last_ms, edges.last))
     }
 
     /// The extremes of rows `start..end`.
@@ -415,12 +453,7 @@ impl History {
             let chunk = Chunk::encode(&ChunkData {
                 first_row: self.tail.first_row,
                 timestamps_ms: &self.tail.timestamps_ms[..CHUNK_ROWS],
-                columns: self
-                    .tail
-                    .columns
-                    .iter()
-                    .map(|column| (&column.values[..CHUNK_ROWS], column.extremes.levels().collect()))
-                    .collect(),
+                columns: self.tail.columns.iter().map(|column| ColumnData::new(&column.values[..CHUNK_ROWS], &column.extremes)).collect(),
             });
             let chunk = match &mut self.store {
                 Some(store) => {
@@ -521,8 +554,9 @@ impl History {
             return Ok(points);
         }
         let mut reader = SeriesReader::new(self, series);
-        // The summaries give the minimum's and maximum's time and value; the rows at bucket
-        // edges are read afterwards in one pass, where their cache misses overlap.
+        // The summaries give the minimum's and maximum's time and value, and the first and
+        // last of buckets aligned to `EDGE_ROWS`; other rows are read afterwards in one
+        // pass, where their cache misses overlap.
         let mut to_read = Vec::with_capacity(capacity);
         let mut keep = |points: &mut Points, row: usize, known: Option<(i64, f64)>| {
             points.rows.push(row as u64);
@@ -542,8 +576,11 @@ impl History {
         } else {
             for bucket in bucket_edges(start, end, max_points / 4).windows(2) {
                 let (first, last) = (bucket[0], bucket[1] - 1);
+                // In row order, so that the reader's segment only moves forward.
+                let first_point = reader.block_first(first);
                 let extremes = reader.extremes(first, last + 1);
-                let mut kept = [(first, None), (first, None), (first, None), (last, None)];
+                let last_point = reader.block_last(last + 1);
+                let mut kept = [(first, first_point), (first, first_point), (first, first_point), (last, last_point)];
                 if !extremes.is_empty() {
                     let low = (extremes.min_row as usize, Some((extremes.min_ms, extremes.min)));
                     let high = (extremes.max_row as usize, Some((extremes.max_ms, extremes.max)));
@@ -724,6 +761,9 @@ mod tests {
             let points = history.downsample("x", Span::Rows { first, count }, max_points).unwrap();
             assert!(points.rows.len() <= max_points as usize);
             assert!(points.rows.windows(2).all(|pair| pair[0] < pair[1]));
+            for ((row, ms), value) in points.rows.iter().zip(&points.timestamps_ms).zip(&points.values) {
+                assert_eq!((*ms, value.to_bits()), (1000 + *row as i64, values[*row as usize].to_bits()), "row {row}");
+            }
             let kept: Vec<usize> = points.rows.iter().map(|row| *row as usize).collect();
             for bucket in bucket_edges(first as usize, (first + count) as usize, max_points as usize / 4).windows(2) {
                 let inside: Vec<usize> = kept.iter().copied().filter(|row| (bucket[0]..bucket[1]).contains(row)).collect();
@@ -800,6 +840,9 @@ mod tests {
             assert_eq!(batch.columns[1], (CHUNK_ROWS - 3..CHUNK_ROWS + 3).map(|row| row as f64).collect::<Vec<_>>());
             let points = history.downsample("x", Span::All, 400).unwrap();
             assert!(points.rows.contains(&40_001) && points.rows.contains(&70_123));
+            for ((row, ms), value) in points.rows.iter().zip(&points.timestamps_ms).zip(&points.values) {
+                assert_eq!((*ms, value.to_bits()), (*row as i64 * 10, spiky(*row as usize).to_bits()), "row {row}");
+            }
             assert_eq!(points.rows.last(), Some(&99_999));
             let (start, end) = history.resolve(Span::Time { from_ms: 327_675, to_ms: 327_700 });
             assert_eq!((start, end), (32_768, 32_771));
@@ -808,34 +851,37 @@ mod tests {
     }
 
     #[test]
-    fn a_chunk_of_the_format_without_summary_times_is_rewritten_and_reads_the_same() {
-        let dir = tempfile::tempdir().unwrap();
-        let names = vec!["x".to_string(), "row".to_string()];
-        let mut history = History::open(dir.path(), names.clone()).unwrap();
-        fill(&mut history, 0..40_000);
-        history.commit().unwrap();
-        let expected = history.downsample("x", Span::All, 1000).unwrap();
-        drop(history);
-        // The older layout: the same header and rows, then summaries of four words.
-        let path = chunk::chunk_path(dir.path(), 0);
-        let bytes = std::fs::read(&path).unwrap();
-        let rows_bytes = (8 + CHUNK_ROWS * 3) * 8;
-        let mut old = bytes[..rows_bytes].to_vec();
-        old[..8].copy_from_slice(b"THCHUNK1");
-        old.resize(rows_bytes + (bytes.len() - rows_bytes) * 4 / 6, 0);
-        std::fs::write(&path, old).unwrap();
-        let reopened = History::open(dir.path(), names).unwrap();
-        assert_eq!(reopened.row_count(), 40_000);
-        assert_eq!(reopened.downsample("x", Span::All, 1000).unwrap(), expected);
-        assert_eq!(&std::fs::read(&path).unwrap()[..8], b"THCHUNK2");
-        // A truncated chunk of the older format is refused, by name, never half rewritten.
-        drop(reopened);
-        let mut torn = b"THCHUNK1".to_vec();
-        torn.resize(4096, 0);
-        std::fs::write(&path, &torn).unwrap();
-        let error = format!("{:#}", History::open(dir.path(), vec!["x".into(), "row".into()]).err().unwrap());
-        assert!(error.contains("chunk-00000000.bin") && error.contains("too short"), "{error}");
-        assert_eq!(std::fs::read(&path).unwrap(), torn);
+    fn a_chunk_of_an_earlier_format_is_rewritten_and_reads_the_same() {
+        // Earlier layouts: the same header and rows, then summaries of four words per
+        // block (version 1), then of six words (version 2), without block edges.
+        for (magic, words_per_block) in [(b"THCHUNK1", 4), (b"THCHUNK2", 6)] {
+            let dir = tempfile::tempdir().unwrap();
+            let names = vec!["x".to_string(), "row".to_string()];
+            let mut history = History::open(dir.path(), names.clone()).unwrap();
+            fill(&mut history, 0..40_000);
+            history.commit().unwrap();
+            let expected = history.downsample("x", Span::All, 1000).unwrap();
+            drop(history);
+            let path = chunk::chunk_path(dir.path(), 0);
+            let rows_bytes = (8 + CHUNK_ROWS * 3) * 8;
+            let blocks_per_series: usize = (1..=chunk::LEVELS).map(|level| CHUNK_ROWS >> (3 * level)).sum();
+            let mut old = std::fs::read(&path).unwrap()[..rows_bytes].to_vec();
+            old[..8].copy_from_slice(magic);
+            old.resize(rows_bytes + 2 * blocks_per_series * words_per_block * 8, 0);
+            std::fs::write(&path, old).unwrap();
+            let reopened = History::open(dir.path(), names).unwrap();
+            assert_eq!(reopened.row_count(), 40_000);
+            assert_eq!(reopened.downsample("x", Span::All, 1000).unwrap(), expected);
+            assert_eq!(&std::fs::read(&path).unwrap()[..8], b"THCHUNK3");
+            // A truncated chunk of an earlier format is refused, by name, never half rewritten.
+            drop(reopened);
+            let mut torn = magic.to_vec();
+            torn.resize(4096, 0);
+            std::fs::write(&path, &torn).unwrap();
+            let error = format!("{:#}", History::open(dir.path(), vec!["x".into(), "row".into()]).err().unwrap());
+            assert!(error.contains("chunk-00000000.bin") && error.contains("too short"), "{error}");
+            assert_eq!(std::fs::read(&path).unwrap(), torn);
+        }
     }
 
     #[test]
