@@ -1,11 +1,11 @@
 //! Sealed chunks: `CHUNK_ROWS` consecutive rows, column by column, with the block
-//! extremes of every series, in one immutable file that is read through a memory map.
+//! summaries of every series, in one immutable file that is read through a memory map.
 //! A chunk file is written beside its final name, synced, then renamed into place, so
 //! a chunk either exists whole or not at all.
 //!
 //! Layout, in little-endian 8-byte words: a header (`MAGIC`, first row, rows, series),
-//! the timestamps, each series' values, then each series' extremes levels, finest first,
-//! followed by its block edges.
+//! the timestamps, each series' values, then each series' block summaries, level by
+//! level, finest first.
 
 use std::fs::File;
 use std::io::Write;
@@ -14,69 +14,51 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, ensure};
 use memmap2::Mmap;
 
-use super::extremes::{EDGE_ROWS, Edges, Extremes, FANOUT, MinMax};
+use super::summaries::{BLOCK_ROWS, Block, Summaries};
 
 #[cfg(target_endian = "big")]
 compile_error!("history chunks are stored little-endian and read in place: big-endian targets are not supported");
 
-/// Rows per chunk: `FANOUT^5`, so a chunk's extremes end in one block for the whole chunk.
+/// Rows per chunk: a power of two, so a chunk's summaries end in one block for the whole
+/// chunk.
 pub const CHUNK_ROWS: usize = 32_768;
-/// Extremes levels per series: blocks of 8, 64, 512, 4096 and 32768 rows.
-pub const LEVELS: usize = 5;
+/// Summary levels per series: blocks of 64, 128, ... 32768 rows.
+pub const LEVELS: usize = (CHUNK_ROWS / BLOCK_ROWS).trailing_zeros() as usize + 1;
 const MAGIC: u64 = u64::from_le_bytes(*b"THCHUNK3");
 /// Chunks of earlier formats, whose rows are laid out as now but whose summaries are not
-/// (version 1: no times in them, version 2: no block edges); rewritten when opened.
+/// (version 1: extremes without times; version 2: extremes of blocks from 8 rows up,
+/// without first and last points); rewritten when opened.
 const EARLIER_MAGICS: [u64; 2] = [u64::from_le_bytes(*b"THCHUNK1"), u64::from_le_bytes(*b"THCHUNK2")];
 const HEADER_WORDS: usize = 8;
-const MINMAX_WORDS: usize = size_of::<MinMax>() / 8;
-/// Block edges per series of a full chunk, and their words.
-const EDGE_BLOCKS: usize = CHUNK_ROWS / EDGE_ROWS;
-const EDGES_WORDS: usize = EDGE_BLOCKS * size_of::<Edges>() / 8;
+const BLOCK_WORDS: usize = size_of::<Block>() / 8;
 
-/// Entries of each extremes level of a full chunk.
+/// Entries of each summary level of a full chunk.
 const fn level_len(level: usize) -> usize {
-    CHUNK_ROWS / FANOUT.pow(level as u32 + 1)
+    CHUNK_ROWS / (BLOCK_ROWS << level)
 }
 
-/// Words of a series' extremes before level `level`; `level_offset(LEVELS)` is all of them.
+/// Words of a series' summaries before level `level`; `level_offset(LEVELS)` is all of them.
 const fn level_offset(level: usize) -> usize {
     let mut words = 0;
     let mut finer = 0;
     while finer < level {
-        words += level_len(finer) * MINMAX_WORDS;
+        words += level_len(finer) * BLOCK_WORDS;
         finer += 1;
     }
     words
 }
 
-/// Words of one series' summaries: its extremes levels and block edges.
-const fn summary_words() -> usize {
-    level_offset(LEVELS) + EDGES_WORDS
-}
-
 /// Words of a full chunk of `series` series.
 const fn chunk_words(series: usize) -> usize {
-    HEADER_WORDS + CHUNK_ROWS * (1 + series) + summary_words() * series
+    HEADER_WORDS + CHUNK_ROWS * (1 + series) + level_offset(LEVELS) * series
 }
 
 /// The rows of a full chunk, to be sealed.
 pub struct ChunkData<'a> {
     pub first_row: u64,
     pub timestamps_ms: &'a [i64],
-    pub columns: Vec<ColumnData<'a>>,
-}
-
-/// One series of a full chunk: its values and their summaries.
-pub struct ColumnData<'a> {
-    pub values: &'a [f64],
-    pub levels: Vec<&'a [MinMax]>,
-    pub edges: &'a [Edges],
-}
-
-impl<'a> ColumnData<'a> {
-    pub fn new(values: &'a [f64], extremes: &'a Extremes) -> ColumnData<'a> {
-        ColumnData { values, levels: extremes.levels().collect(), edges: extremes.edges() }
-    }
+    /// Each series' values and summary levels.
+    pub columns: Vec<(&'a [f64], Vec<&'a [Block]>)>,
 }
 
 /// The bytes of a sealed chunk: mapped from its file, or owned (histories kept in memory).
@@ -103,16 +85,14 @@ impl Chunk {
         let mut words = Vec::with_capacity(chunk_words(series));
         words.extend([MAGIC, data.first_row, CHUNK_ROWS as u64, series as u64, 0, 0, 0, 0]);
         words.extend(data.timestamps_ms.iter().map(|t| *t as u64));
-        for column in &data.columns {
-            words.extend(column.values.iter().map(|v| v.to_bits()));
+        for (values, _) in &data.columns {
+            words.extend(values.iter().map(|v| v.to_bits()));
         }
-        for column in &data.columns {
-            for (level, blocks) in column.levels.iter().enumerate().take(LEVELS) {
+        for (_, levels) in &data.columns {
+            for (level, blocks) in levels.iter().enumerate().take(LEVELS) {
                 debug_assert_eq!(blocks.len(), level_len(level));
-                words.extend(bytemuck::cast_slice::<MinMax, u64>(blocks));
+                words.extend(bytemuck::cast_slice::<Block, u64>(blocks));
             }
-            debug_assert_eq!(column.edges.len(), EDGE_BLOCKS);
-            words.extend(bytemuck::cast_slice::<Edges, u64>(column.edges));
         }
         Chunk { bytes: Bytes::Owned(words), series, first_row: data.first_row }
     }
@@ -161,20 +141,20 @@ impl Chunk {
                 words[start..start + CHUNK_ROWS].iter().map(|word| f64::from_bits(*word)).collect()
             })
             .collect();
-        let summaries: Vec<Extremes> = columns
+        let summaries: Vec<Summaries> = columns
             .iter()
             .map(|values| {
-                let mut extremes = Extremes::default();
+                let mut summaries = Summaries::default();
                 for len in 1..=CHUNK_ROWS {
-                    extremes.on_push(&values[..len], &timestamps[..len], first_row);
+                    summaries.on_push(&values[..len], &timestamps[..len], first_row);
                 }
-                extremes
+                summaries
             })
             .collect();
         let data = ChunkData {
             first_row,
             timestamps_ms: &timestamps,
-            columns: columns.iter().zip(&summaries).map(|(values, extremes)| ColumnData::new(values, extremes)).collect(),
+            columns: columns.iter().zip(&summaries).map(|(values, summaries)| (values.as_slice(), summaries.levels().collect())).collect(),
         };
         tracing::info!("rewriting {} in the current chunk format", path.display());
         let dir = path.parent().context("a chunk path has a folder")?;
@@ -201,22 +181,20 @@ impl Chunk {
         bytemuck::cast_slice(self.words(HEADER_WORDS + CHUNK_ROWS * (1 + series), CHUNK_ROWS))
     }
 
-    /// The extremes levels of one series, finest first.
-    pub fn levels(&self, series: usize) -> [&[MinMax]; LEVELS] {
-        // Offsets and lengths as constants: reads resolve levels per chunk they touch.
-        const OFFSETS: [usize; LEVELS] = [level_offset(0), level_offset(1), level_offset(2), level_offset(3), level_offset(4)];
-        const LENGTHS: [usize; LEVELS] = [level_len(0), level_len(1), level_len(2), level_len(3), level_len(4)];
-        let start = self.summaries_start(series);
-        std::array::from_fn(|level| bytemuck::cast_slice(self.words(start + OFFSETS[level], LENGTHS[level] * MINMAX_WORDS)))
-    }
-
-    /// The block edges of one series.
-    pub fn edges(&self, series: usize) -> &[Edges] {
-        bytemuck::cast_slice(self.words(self.summaries_start(series) + level_offset(LEVELS), EDGES_WORDS))
-    }
-
-    fn summaries_start(&self, series: usize) -> usize {
-        HEADER_WORDS + CHUNK_ROWS * (1 + self.series) + summary_words() * series
+    /// The summary levels of one series, finest first.
+    pub fn levels(&self, series: usize) -> [&[Block]; LEVELS] {
+        // Offsets as constants: reads resolve the levels of every chunk they touch.
+        const OFFSETS: [usize; LEVELS] = {
+            let mut offsets = [0; LEVELS];
+            let mut level = 0;
+            while level < LEVELS {
+                offsets[level] = level_offset(level);
+                level += 1;
+            }
+            offsets
+        };
+        let start = HEADER_WORDS + CHUNK_ROWS * (1 + self.series) + level_offset(LEVELS) * series;
+        std::array::from_fn(|level| bytemuck::cast_slice(self.words(start + OFFSETS[level], level_len(level) * BLOCK_WORDS)))
     }
 }
 
