@@ -159,8 +159,8 @@ fn a_plugin_that_always_traps_never_slows_the_others() {
     assert_eq!(host.recorded_rows("good"), (0..ROWS).collect::<Vec<_>>());
 }
 
-/// The `trapping-server` fixture served at `/t` with `limits` beside the good plugin, and
-/// `own_route` as a route of the host's own, on two workers as the host has on this machine.
+/// An HTTP plugin (named `server`) served beside the good plugin, with `own_route` as a
+/// route of the host's own, on two workers as the host has on this machine.
 struct ServedPool {
     host: TestHost,
     runtime: tokio::runtime::Runtime,
@@ -168,9 +168,15 @@ struct ServedPool {
     base: String,
 }
 
+/// The `trapping-server` fixture served at `/t` with `limits`.
 fn serve_trapping_pool(limits: &str, own_route: Option<axum::Router>) -> ServedPool {
     let manifest = format!("[grants]\nlisten = {{ prefix = \"/t\" }}\n[limits]\n{limits}");
-    let host = TestHost::start(&[PluginSpec::new("server", fixture("trapping-server"), &manifest), good()]);
+    serve_pool(PluginSpec::new("server", fixture("trapping-server"), &manifest), own_route)
+}
+
+fn serve_pool(server: PluginSpec, own_route: Option<axum::Router>) -> ServedPool {
+    let host = TestHost::start(&[server, good()]);
+    assert!(host.load_errors.is_empty(), "{:?}", host.load_errors);
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let servers = runtime
         .block_on(telemetry_host::capabilities::http_server::serve("127.0.0.1:0", host.plugins().http_routes(), 1 << 20, own_route))
@@ -230,6 +236,56 @@ fn a_pooled_handler_running_to_its_time_limit_holds_up_no_other_request() {
     }
     let stats = served.host.stats("server");
     assert_eq!((stats.traps.load(Ordering::Relaxed), stats.restarts.load(Ordering::Relaxed)), (2, 2));
+    served.finish();
+}
+
+#[test]
+fn a_pooled_handler_calls_out_through_the_host_without_holding_up_the_server() {
+    // An upstream that takes its time, on a runtime of its own.
+    let upstream = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let listener = upstream.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let upstream_url = format!("http://{}", listener.local_addr().unwrap());
+    let slow = axum::Router::new().route(
+        "/slow",
+        axum::routing::get(|| async {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            "fetched upstream"
+        }),
+    );
+    upstream.spawn(async move { axum::serve(listener, slow).await });
+    let manifest =
+        format!("[grants]\nlisten = {{ prefix = \"/p\" }}\noutbound = [{{ url = {upstream_url:?} }}]\n[limits]\nhttp_instances = 2\n");
+    let own_route = axum::Router::new().route("/ping", axum::routing::get(|| async { "pong" }));
+    let served = serve_pool(PluginSpec::new("server", fixture("proxy-server"), &manifest), Some(own_route));
+    let base = &served.base;
+    let (fetches, denied, ping_time) = served.runtime.block_on(async {
+        let client = reqwest::Client::new();
+        let fetch = |url: String| {
+            let request = client.post(format!("{base}/p/fetch")).body(url);
+            async move {
+                let response = request.send().await.unwrap();
+                (response.status().as_u16(), response.text().await.unwrap())
+            }
+        };
+        // Both instances waiting on the upstream, more requests queued behind them.
+        let fetches: Vec<_> = (0..4).map(|_| tokio::spawn(fetch(format!("{upstream_url}/slow")))).collect();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let asked = Instant::now();
+        assert_eq!(client.get(format!("{base}/ping")).send().await.unwrap().text().await.unwrap(), "pong");
+        let ping_time = asked.elapsed();
+        let mut answers = Vec::new();
+        for fetch in fetches {
+            answers.push(fetch.await.unwrap());
+        }
+        (answers, fetch("http://127.0.0.1:9/elsewhere".into()).await, ping_time)
+    });
+    // The workers stay free for other requests while instances wait on the network.
+    assert!(ping_time < Duration::from_millis(250), "the host's own route waited {ping_time:?} behind two outgoing calls");
+    for (status, body) in &fetches {
+        assert_eq!((*status, body.as_str()), (200, "fetched upstream"));
+    }
+    assert_eq!(denied.0, 502, "{}", denied.1);
+    assert!(denied.1.contains("Denied") && denied.1.contains("127.0.0.1:9"), "{}", denied.1);
     served.finish();
 }
 

@@ -17,7 +17,7 @@ const GUEST_PROFILE: &str = "guest";
 /// Connectors shipped with the host: `plugins/<name>`, crate `<name>-connector`.
 const CONNECTORS: &[&str] = &["file", "grafana", "wandb"];
 /// Test fixtures: `tests/fixtures/plugins/<name>`, crate `<name>-connector`.
-const FIXTURES: &[&str] = &["misbehaving", "null", "trapping-server"];
+const FIXTURES: &[&str] = &["misbehaving", "null", "proxy-server", "trapping-server"];
 
 fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
