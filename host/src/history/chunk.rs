@@ -22,7 +22,7 @@ compile_error!("history chunks are stored little-endian and read in place: big-e
 /// Rows per chunk: a power of two, so a chunk's summaries end in one block for the whole
 /// chunk.
 pub const CHUNK_ROWS: usize = 32_768;
-/// Summary levels per series: blocks of 64, 128, ... 32768 rows.
+/// Summary levels per series: blocks of 16, 32, ... 32768 rows.
 pub const LEVELS: usize = (CHUNK_ROWS / BLOCK_ROWS).trailing_zeros() as usize + 1;
 const MAGIC: u64 = u64::from_le_bytes(*b"THCHUNK3");
 /// Chunks of earlier formats, whose rows are laid out as now but whose summaries are not

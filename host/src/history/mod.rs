@@ -638,11 +638,12 @@ impl History {
 
 /// How a downsampled read cuts rows `start..end` into at most `count` buckets: all of
 /// `width` rows, on multiples of `width` (so the first and last may be cut short by the
-/// range). A bucket wide enough is one, two or three summarised blocks of one level
-/// (`blocks`: the level and blocks per bucket), the smallest such width that keeps to
-/// `count`: a whole bucket is then read from at most three summaries, in row order, at any
-/// history length, and the buckets number at least two thirds of `count`. Narrower buckets
-/// are cut evenly from `start` and read row by row.
+/// range). The width is one, two or three summarised blocks of one level (`blocks`: the
+/// level and blocks per bucket), the narrowest such width that keeps to `count`: a whole
+/// bucket is then read from at most three summaries, in row order, at any history length,
+/// and the buckets number at least two thirds of `count`. Where blocks are too wide for
+/// that (fewer than about `count * BLOCK_ROWS` rows), buckets are cut evenly from `start`
+/// and read row by row.
 struct Buckets {
     start: usize,
     end: usize,
@@ -653,11 +654,12 @@ struct Buckets {
 impl Buckets {
     fn over(start: usize, end: usize, count: usize) -> Buckets {
         let rows = end - start;
-        // Buckets on multiples of their width can cut one more bucket at the range's ends.
-        let aligned_width = rows.div_ceil(count.saturating_sub(1).max(1));
-        if count < 2 || aligned_width < BLOCK_ROWS {
-            return Buckets { start, end, width: rows.div_ceil(count.max(1)), blocks: None };
+        let even = Buckets { start, end, width: rows.div_ceil(count.max(1)), blocks: None };
+        if count < 2 {
+            return even;
         }
+        // Buckets on multiples of their width can cut one more bucket at the range's ends.
+        let aligned_width = rows.div_ceil(count - 1);
         let mut best: Option<(usize, usize, usize)> = None;
         for level in (0..chunk::LEVELS).rev() {
             let size = BLOCK_ROWS << level;
@@ -672,8 +674,12 @@ impl Buckets {
                 best = Some((width, level, per_bucket));
             }
         }
-        let (width, level, per_bucket) = best.expect("the top level is always a candidate");
-        Buckets { start, end, width, blocks: Some((level, per_bucket)) }
+        match best {
+            Some((width, level, per_bucket)) if width * 2 <= aligned_width * 3 => {
+                Buckets { start, end, width, blocks: Some((level, per_bucket)) }
+            }
+            _ => even,
+        }
     }
 
     /// The buckets as row ranges `first..stop`, in order.
@@ -756,13 +762,16 @@ mod tests {
     #[test]
     fn buckets_have_equal_widths_and_keep_to_their_count() {
         let cases = [
-            (0, 1_000_000, 250, 4096, Some((6, 1))),
-            (0, 100_000, 250, 512, Some((3, 1))),
-            (12_345, 162_346, 250, 768, Some((2, 3))),
-            (0, 10_000_000, 250, 49_152, Some((8, 3))),
-            (0, 100_000_000, 250, 425_984, Some((9, 13))),
-            (5, 100_004, 9, 16_384, Some((8, 1))),
-            (100, 9_100, 250, 36, None),
+            (0, 1_000_000, 250, 4096, Some((8, 1))),
+            (0, 100_000, 250, 512, Some((5, 1))),
+            (12_345, 162_346, 250, 768, Some((4, 3))),
+            (0, 16_000, 250, 96, Some((1, 3))),
+            (100, 9_100, 250, 48, Some((0, 3))),
+            (0, 10_000_000, 250, 49_152, Some((10, 3))),
+            (0, 100_000_000, 250, 425_984, Some((11, 13))),
+            (5, 100_004, 9, 16_384, Some((10, 1))),
+            // Blocks too wide for the count: even buckets, read row by row.
+            (0, 4_000, 250, 16, None),
             (3, 70_003, 1, 70_000, None),
             (0, 10, 2, 5, None),
         ];
@@ -904,7 +913,8 @@ mod tests {
             drop(history);
             let path = chunk::chunk_path(dir.path(), 0);
             let rows_bytes = (8 + CHUNK_ROWS * 3) * 8;
-            let blocks_per_series: usize = (1..=chunk::LEVELS).map(|level| CHUNK_ROWS >> (3 * level)).sum();
+            // Their five levels of blocks of 8, 64, ... 32768 rows.
+            let blocks_per_series: usize = (1..=5).map(|level| CHUNK_ROWS >> (3 * level)).sum();
             let mut old = std::fs::read(&path).unwrap()[..rows_bytes].to_vec();
             old[..8].copy_from_slice(magic);
             old.resize(rows_bytes + 2 * blocks_per_series * words_per_block * 8, 0);

@@ -9,7 +9,7 @@
 use bytemuck::{Pod, Zeroable};
 
 /// Rows of the smallest summarised block; each level up doubles it.
-pub const BLOCK_ROWS: usize = 64;
+pub const BLOCK_ROWS: usize = 16;
 const BLOCK_BITS: u32 = BLOCK_ROWS.trailing_zeros();
 
 /// The smallest and largest non-NaN value of a set of rows, with their row indices and
@@ -257,7 +257,7 @@ mod tests {
             summaries.on_push(&values[..len], &timestamps[..len], 0);
         }
         let levels: Vec<&[Block]> = summaries.levels().collect();
-        assert_eq!(levels.iter().map(|blocks| blocks.len()).collect::<Vec<_>>(), [78, 39, 19, 9, 4, 2, 1]);
+        assert_eq!(levels.iter().map(|blocks| blocks.len()).collect::<Vec<_>>(), [312, 156, 78, 39, 19, 9, 4, 2, 1]);
         for (level, blocks) in levels.iter().enumerate() {
             let size = BLOCK_ROWS << level;
             for (index, block) in blocks.iter().enumerate() {
@@ -268,7 +268,7 @@ mod tests {
                 assert!(block_at(&levels, level, first).is_some_and(|found| std::ptr::eq(found, block)));
             }
         }
-        assert_eq!(block_at(&levels, 1, 64), None, "not on a block edge of its level");
+        assert_eq!(block_at(&levels, 2, 32), None, "not on a block edge of its level");
         assert_eq!(block_at(&levels, 0, 4992), None, "not complete yet");
         for (first, end) in [(0, 5000), (1, 4999), (7, 9), (64, 512), (63, 4097), (100, 101), (4095, 4097), (128, 4992), (0, 0)] {
             assert_eq!(range(&levels, &values, &timestamps, 0, first, end), brute_force(&values, first, end), "{first}..{end}");
