@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::cursor::{Cursor, CursorFile};
 use super::handler_pool::HandlerPool;
@@ -123,6 +123,7 @@ impl PluginRunner {
             stats: stats.clone(),
             cursor_file: cursor.file,
             failures: 0,
+            reports: FailureReports::default(),
         };
         let thread = std::thread::Builder::new().name(format!("plugin-{name}")).spawn(move || worker.run())?;
         Ok(PluginRunner { name, sender, notified, stats, thread: Some(thread), pool })
@@ -167,6 +168,48 @@ struct Worker {
     stats: Arc<PluginStats>,
     cursor_file: Option<CursorFile>,
     failures: u32,
+    reports: FailureReports,
+}
+
+/// Keeps a plugin that fails the same way again and again (a service down, no network)
+/// from flooding the log, as Vector rate-limits its repeated internal logs: a failure is
+/// reported when it differs from the last one reported, or when `INTERVAL` has passed
+/// since, with how many like it were left out meanwhile. Left-out ones go to debug.
+#[derive(Default)]
+struct FailureReports {
+    last: Option<(String, Instant)>,
+    left_out: u32,
+}
+
+impl FailureReports {
+    const INTERVAL: Duration = Duration::from_secs(60);
+
+    /// `Some(left out since the last report)` if `message` is to be reported now.
+    fn admit(&mut self, message: &str, now: Instant) -> Option<u32> {
+        match &self.last {
+            Some((last, at)) if last == message && now.duration_since(*at) < Self::INTERVAL => {
+                self.left_out += 1;
+                None
+            }
+            _ => {
+                self.last = Some((message.to_string(), now));
+                Some(std::mem::take(&mut self.left_out))
+            }
+        }
+    }
+
+    /// After a success, the next failure is news again.
+    fn clear(&mut self) {
+        *self = FailureReports::default();
+    }
+}
+
+/// What a report says of the failures like it that were left out since the last one.
+fn left_out_note(left_out: u32) -> String {
+    match left_out {
+        0 => String::new(),
+        _ => format!("; {left_out} more like it since the last report"),
+    }
 }
 
 /// How a delivery attempt ended.
@@ -271,7 +314,11 @@ impl Worker {
                 Ok(()) => {
                     self.advance(cursor + rows);
                     self.stats.rows_delivered.fetch_add(rows, Ordering::Relaxed);
+                    if self.failures > 0 {
+                        tracing::info!(plugin = self.name(), "delivering again after {} failed attempts", self.failures);
+                    }
                     self.failures = 0;
+                    self.reports.clear();
                 }
                 Err(CallFailure::Plugin(ConnectorError::Rejected(message))) => {
                     tracing::warn!(plugin = self.name(), rows, first_row = cursor, "rows rejected by the plugin: {message}");
@@ -280,7 +327,11 @@ impl Worker {
                 }
                 Err(CallFailure::Plugin(ConnectorError::Unavailable(message))) => {
                     self.failures += 1;
-                    tracing::warn!(plugin = self.name(), first_row = cursor, "unavailable, will offer the rows again: {message}");
+                    let report = format!("unavailable, will offer the rows again: {message}");
+                    match self.reports.admit(&report, Instant::now()) {
+                        Some(left_out) => tracing::warn!(plugin = self.name(), first_row = cursor, "{report}{}", left_out_note(left_out)),
+                        None => tracing::debug!(plugin = self.name(), first_row = cursor, "{report}"),
+                    }
                     self.record_failure(format!("unavailable: {message}"));
                     return Delivery::RetryLater;
                 }
@@ -378,12 +429,19 @@ impl Worker {
             self.stats.traps.fetch_add(1, Ordering::Relaxed);
         }
         self.stats.restarts.fetch_add(1, Ordering::Relaxed);
-        tracing::error!(
-            plugin = self.name(),
-            cursor = self.stats.cursor.load(Ordering::Relaxed),
-            "`{call}` failed: {failure}; restarting the plugin (attempt {})",
-            self.failures
-        );
+        let report = format!("`{call}` failed: {failure}");
+        let (cursor, attempt) = (self.stats.cursor.load(Ordering::Relaxed), self.failures);
+        match self.reports.admit(&report, Instant::now()) {
+            Some(left_out) => {
+                tracing::error!(
+                    plugin = self.name(),
+                    cursor,
+                    "{report}; restarting the plugin (attempt {attempt}{})",
+                    left_out_note(left_out)
+                )
+            }
+            None => tracing::debug!(plugin = self.name(), cursor, "{report}; restarting the plugin (attempt {attempt})"),
+        }
         self.record_failure(format!("{call}: {failure}"));
     }
 
@@ -440,5 +498,27 @@ pub(super) fn unavailable_response(message: &str) -> Response {
         status: 503,
         headers: vec![("content-type".into(), "application/json".into()), ("retry-after".into(), "1".into())],
         body: body.to_string().into_bytes(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failure_repeated_is_reported_once_a_minute_with_how_many_were_left_out() {
+        let mut reports = FailureReports::default();
+        let start = Instant::now();
+        let at = |seconds: u64| start + Duration::from_secs(seconds);
+        assert_eq!(reports.admit("`start` failed: dns error", at(0)), Some(0));
+        assert_eq!(reports.admit("`start` failed: dns error", at(1)), None);
+        assert_eq!(reports.admit("`start` failed: dns error", at(30)), None);
+        assert_eq!(reports.admit("`start` failed: dns error", at(61)), Some(2));
+        // Another failure is news at once, and so is the first after a success.
+        assert_eq!(reports.admit("`start` failed: refused", at(62)), Some(0));
+        reports.clear();
+        assert_eq!(reports.admit("`start` failed: refused", at(63)), Some(0));
+        assert_eq!(left_out_note(0), "");
+        assert_eq!(left_out_note(2), "; 2 more like it since the last report");
     }
 }
