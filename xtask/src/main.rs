@@ -47,8 +47,21 @@ fn main() -> Result<()> {
     }
 }
 
+/// Where the builds go: `$CARGO_TARGET_DIR`; else, under CI (`CI` set), a cache outside the
+/// clone (`~/.cache/telemetry-host/target`), so that a clean clone on a warm machine does
+/// not rebuild wasmtime; else the workspace's `target/`. The cargo runs below inherit it.
 fn target_dir(workspace: &Path) -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| workspace.join("target"), PathBuf::from)
+    if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
+        return PathBuf::from(dir);
+    }
+    let under_ci = std::env::var("CI").is_ok_and(|value| !matches!(value.as_str(), "" | "0" | "false"));
+    let cache = std::env::home_dir().filter(|_| under_ci).map(|home| home.join(".cache").join("telemetry-host").join("target"));
+    let Some(cache) = cache else {
+        return workspace.join("target");
+    };
+    // SAFETY: xtask is single-threaded here; the variable is read by the cargo it runs.
+    unsafe { std::env::set_var("CARGO_TARGET_DIR", &cache) };
+    cache
 }
 
 /// The workspace `cargo xtask` was run in: found from the current directory at run time,
