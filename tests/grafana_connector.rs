@@ -18,8 +18,8 @@ fn grafana() -> IsolatedPlugin {
 
 /// Appends rows at `T0 + index * 1000` ms whose `rewards` (column 0) is `value(index)`
 /// and every other series the index.
-fn push_rows(plugin: &IsolatedPlugin, count: usize, value: impl Fn(usize) -> f64) {
-    let mut history = plugin.history.write().unwrap();
+fn push_rows(plugin: &mut IsolatedPlugin, count: usize, value: impl Fn(usize) -> f64) {
+    let history = plugin.history_mut();
     let start = history.row_count() as usize;
     for index in start..start + count {
         let mut row = vec![index as f64; SERIES];
@@ -86,7 +86,7 @@ fn health_metrics_and_options() {
 #[test]
 fn query_filters_the_range_inclusively_at_both_edges() {
     let mut plugin = grafana();
-    push_rows(&plugin, 100, |index| index as f64);
+    push_rows(&mut plugin, 100, |index| index as f64);
     let (status, answer) =
         post(&mut plugin, "/query", query(json!([{ "target": "rewards", "refId": "A" }]), T0 + 10_000, T0 + 20_000, json!(1000)));
     assert_eq!(status, 200);
@@ -105,7 +105,7 @@ fn query_filters_the_range_inclusively_at_both_edges() {
 #[test]
 fn downsampling_keeps_spikes_first_last_and_gaps_as_null() {
     let mut plugin = grafana();
-    push_rows(&plugin, 100_000, |index| match index {
+    push_rows(&mut plugin, 100_000, |index| match index {
         31_337 => 1e9,
         77_777 => -1e9,
         5 => f64::NAN,
@@ -128,7 +128,7 @@ fn downsampling_keeps_spikes_first_last_and_gaps_as_null() {
 #[test]
 fn absurd_max_data_points_are_clamped() {
     let mut plugin = grafana();
-    push_rows(&plugin, 20_000, |index| index as f64);
+    push_rows(&mut plugin, 20_000, |index| index as f64);
     for (max_points, expected_at_most) in [(json!(0), 1000), (json!(-5), 1000), (json!(2.7), 2), (json!(1e308), 10_000)] {
         let (status, answer) =
             post(&mut plugin, "/query", query(json!([{ "target": "rewards", "refId": "A" }]), T0, T0 + 100_000_000, max_points.clone()));
@@ -143,7 +143,7 @@ fn absurd_max_data_points_are_clamped() {
 #[test]
 fn regex_targets_hidden_targets_and_tables() {
     let mut plugin = grafana();
-    push_rows(&plugin, 10, |index| index as f64);
+    push_rows(&mut plugin, 10, |index| index as f64);
     let targets = json!([
         { "target": "(rewards|steps)", "refId": "A" },
         { "target": "wins", "refId": "B", "hide": true },
@@ -163,7 +163,7 @@ fn regex_targets_hidden_targets_and_tables() {
 #[test]
 fn step_x_axis_places_points_at_their_step() {
     let mut plugin = grafana();
-    push_rows(&plugin, 10, |index| index as f64 * 2.0);
+    push_rows(&mut plugin, 10, |index| index as f64 * 2.0);
     // Column 4 is n_env_steps, the step key of the default config: the row index here.
     let targets = json!([{ "target": "rewards", "refId": "A", "payload": { "x_axis": "step" } }]);
     let (_, answer) = post(&mut plugin, "/query", query(targets, 0, 1, json!(100)));
@@ -173,7 +173,7 @@ fn step_x_axis_places_points_at_their_step() {
 #[test]
 fn a_query_without_targets_is_an_empty_array_as_the_spec_wants() {
     let mut plugin = grafana();
-    push_rows(&plugin, 10, |index| index as f64);
+    push_rows(&mut plugin, 10, |index| index as f64);
     assert_eq!(post(&mut plugin, "/query", json!({ "maxDataPoints": 5 })), (200, json!([])));
 }
 
@@ -183,7 +183,7 @@ fn a_query_without_targets_can_keep_the_original_answer() {
         IsolationOptions { plugin_config: toml::from_str("original_untargeted_answer = true\n").unwrap(), ..IsolationOptions::default() };
     let mut plugin = IsolatedPlugin::load(&connector("grafana"), options).unwrap();
     plugin.start().unwrap();
-    push_rows(&plugin, 101, |index| index as f64);
+    push_rows(&mut plugin, 101, |index| index as f64);
     let (status, answer) = post(&mut plugin, "/query", json!({ "maxDataPoints": 5 }));
     assert_eq!(status, 200);
     assert_eq!(answer["rewards"], json!([0.0, 25.0, 50.0, 75.0, 100.0]));
@@ -200,7 +200,7 @@ fn a_query_without_targets_can_keep_the_original_answer() {
 #[test]
 fn bad_requests_get_a_400_with_message_and_error_never_a_500() {
     let mut plugin = grafana();
-    push_rows(&plugin, 10, |index| index as f64);
+    push_rows(&mut plugin, 10, |index| index as f64);
     let check = |status: u16, body: &Value, code: &str, needle: &str| {
         assert_eq!(status, 400, "{body}");
         assert_eq!(body["error"]["code"], code, "{body}");

@@ -1,8 +1,8 @@
 //! `POST /v1/samples`: one sample, an array, NDJSON; refusals by line or index while the
 //! good samples of the same body are stored; auth and size limits.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 
 use serde_json::{Value, json};
 use telemetry_host::callbacks::Callbacks;
@@ -12,6 +12,7 @@ use telemetry_host::history::{History, SharedHistory};
 use telemetry_host::ingest::Ingest;
 use telemetry_host::ingest::http::{SampleEndpoint, router};
 use telemetry_host::ingest::transforms::series_names;
+use telemetry_host::ingest::writer::WriterThread;
 
 struct Endpoint {
     history: SharedHistory,
@@ -19,25 +20,27 @@ struct Endpoint {
     url: String,
     runtime: tokio::runtime::Runtime,
     servers: Vec<BoundServer>,
+    _writer: WriterThread,
 }
 
 fn endpoint(token: Option<&str>) -> Endpoint {
     let config = HostConfig::builtin_default();
-    let history = History::new(series_names(&config.telemetry.transforms)).shared();
+    let ingest = Ingest::new(&config.telemetry, History::new(series_names(&config.telemetry.transforms)), Callbacks::none());
+    let history = ingest.shared();
     let updates = Arc::new(AtomicU64::new(0));
     let counter = updates.clone();
-    let samples = router(SampleEndpoint {
-        ingest: Arc::new(Mutex::new(Ingest::new(&config.telemetry, history.clone(), Callbacks::none()))),
-        on_update: Arc::new(move || {
+    let (committer, writer) = WriterThread::spawn(
+        ingest,
+        Arc::new(move || {
             counter.fetch_add(1, Ordering::Relaxed);
         }),
-        token: token.map(String::from),
-        max_body_bytes: 64 * 1024,
-    });
+    )
+    .unwrap();
+    let samples = router(SampleEndpoint { committer, token: token.map(String::from), max_body_bytes: 64 * 1024 });
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let servers = runtime.block_on(serve("127.0.0.1:0", Vec::new(), 1 << 20, Some(samples))).unwrap();
     let url = format!("http://{}/v1/samples", servers[0].address);
-    Endpoint { history, updates, url, runtime, servers }
+    Endpoint { history, updates, url, runtime, servers, _writer: writer }
 }
 
 impl Endpoint {
@@ -53,11 +56,11 @@ impl Endpoint {
     }
 
     fn rows(&self) -> u64 {
-        self.history.read().unwrap().row_count()
+        self.history.snapshot().row_count()
     }
 
     fn rewards(&self) -> Vec<f64> {
-        self.history.read().unwrap().read_series("rewards", 0, u64::MAX).unwrap()
+        self.history.snapshot().read_series("rewards", 0, u64::MAX).unwrap()
     }
 
     fn shutdown(self) {
@@ -105,14 +108,20 @@ fn bad_samples_are_refused_by_line_or_index_and_the_good_ones_kept() {
     let (status, answer) = endpoint.post(json!([sample(3.0), "text", sample(4.0)]).to_string(), None);
     assert_eq!((status, &answer["accepted"], &answer["refused"][0]["at"]), (400, &json!(2), &json!({ "index": 1 })));
     assert_eq!(endpoint.rewards(), vec![1.0, 2.0, 3.0, 4.0]);
-    let (status, answer) = endpoint.post(vec![0xff, 0xfe, b'{'], None);
-    assert_eq!((status, answer["error"]["code"].as_str()), (400, Some("invalid_utf8")));
+    // Invalid UTF-8 refuses its line, not the body.
+    let mut body = sample(5.0).to_string().into_bytes();
+    body.extend_from_slice(b"\n\xff\xfe{\n");
+    body.extend_from_slice(sample(6.0).to_string().as_bytes());
+    let (status, answer) = endpoint.post(body, None);
+    assert_eq!((status, &answer["accepted"], &answer["refused"][0]["at"]), (400, &json!(2), &json!({ "line": 2 })));
+    assert!(answer["refused"][0]["reason"].as_str().unwrap().contains("line 2: not UTF-8"), "{answer}");
+    assert_eq!(endpoint.rewards(), vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
     let (status, _) = endpoint.post(r#"{"ep_reward": 1e400, "ep_steps": 1}"#, None);
     assert_eq!(status, 400, "a number out of range is refused");
     let deep = format!("{}1{}", "[".repeat(10_000), "]".repeat(10_000));
     let (status, _) = endpoint.post(deep, None);
     assert_eq!(status, 400, "deep nesting is refused, not a crash");
-    assert_eq!(endpoint.rows(), 4);
+    assert_eq!(endpoint.rows(), 6);
     endpoint.shutdown();
 }
 
@@ -126,8 +135,12 @@ fn bodies_over_the_limit_and_missing_tokens_are_refused() {
     let (status, answer) = endpoint.post(sample(1.0).to_string(), Some("t0ken"));
     assert_eq!((status, &answer["accepted"]), (200, &json!(1)));
     let big = format!("{}\n", sample(2.0)).repeat(2000);
-    let (status, _) = endpoint.post(big, Some("t0ken"));
-    assert_eq!(status, 413);
+    let (status, answer) = endpoint.post(big, Some("t0ken"));
+    assert_eq!((status, answer["error"]["code"].as_str()), (413, Some("body_too_large")), "every error has the same JSON shape");
     assert_eq!(endpoint.rows(), 1);
+    // Many bad lines: the list is capped, the count is whole.
+    let bad = "{oops\n".repeat(5000);
+    let (status, answer) = endpoint.post(bad, Some("t0ken"));
+    assert_eq!((status, answer["refused"].as_array().unwrap().len(), &answer["refused_count"]), (400, 100, &json!(5000)));
     endpoint.shutdown();
 }

@@ -51,7 +51,8 @@ fn broken_and_foreign_wasm_files_are_clear_errors_and_the_others_still_start() {
     write_plugin_dir(&root.path().join("plugins"), &plugins);
     std::fs::create_dir_all(root.path().join("plugins").join("bad-manifest")).unwrap();
     std::fs::write(root.path().join("plugins").join("bad-manifest").join("plugin.toml"), "name = \"x\"\ncomponent = 3\n").unwrap();
-    let history = telemetry_host::history::History::new(vec!["x".into()]).shared();
+    let history = telemetry_host::history::History::new(vec!["x".into()]);
+    let history = history.shared();
     let runtime = Runtime::new(None).unwrap();
     let set = PluginSet::start(&runtime, &root.path().join("plugins"), &config, &history).unwrap();
     let names: Vec<&str> = set.runners.iter().map(|runner| runner.name.as_str()).collect();

@@ -2,6 +2,9 @@
 //! telemetry-host --bench connectors`): file update cost, Grafana `/query` under load,
 //! W&B throughput, each against the history length.
 
+#[path = "../tests/support/mod.rs"]
+mod support;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -72,10 +75,10 @@ fn file_connector() {
             let options = IsolationOptions { plugin_config: config, ..IsolationOptions::default() };
             let mut plugin = IsolatedPlugin::load(&connector("file"), options).unwrap();
             plugin.start().unwrap();
-            fill(&mut plugin.history.write().unwrap(), rows);
+            fill(plugin.history_mut(), rows);
             let times = (0..9)
                 .map(|round| {
-                    let batch: RowBatch = plugin.history.read().unwrap().batch((rows - 45 + round * 5) as u64, 5);
+                    let batch: RowBatch = plugin.history.snapshot().batch((rows - 45 + round * 5) as u64, 5);
                     let started = Instant::now();
                     plugin.update_raw(batch).unwrap();
                     started.elapsed()
@@ -130,22 +133,9 @@ async fn load(url: String, body: String, connections: usize, duration: Duration)
 
 /// wrk's requests per second, p50 and p99 from its `--latency` report.
 fn run_wrk(url: &str, script: &std::path::Path) -> (f64, Duration, Duration) {
-    let output = std::process::Command::new("wrk").args(["-t2", "-c8", "-d5s", "--latency", "-s"]).arg(script).arg(url).output().unwrap();
-    let text = String::from_utf8_lossy(&output.stdout);
-    let field =
-        |prefix: &str| text.lines().map(str::trim).find_map(|line| line.strip_prefix(prefix)).map(str::trim).unwrap_or("0").to_string();
-    let duration = |value: String| {
-        let (number, unit) = value.split_at(value.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(value.len()));
-        let number: f64 = number.parse().unwrap_or(0.0);
-        Duration::from_secs_f64(match unit {
-            "us" => number / 1e6,
-            "ms" => number / 1e3,
-            "s" => number,
-            _ => 0.0,
-        })
-    };
-    assert!(!text.contains("Non-2xx"), "wrk saw errors:\n{text}");
-    (field("Requests/sec:").parse().unwrap_or(0.0), duration(field("50%")), duration(field("99%")))
+    let report = support::wrk(url, script, 2, 8, 5);
+    assert_eq!(report.errors, 0, "wrk saw errors");
+    (report.rate, report.p50, report.p99)
 }
 
 /// A Grafana plugin served over HTTP on a history of `rows` rows of its own.
@@ -157,8 +147,9 @@ struct GrafanaServer {
 
 fn serve_grafana(rows: usize, runtime: &Runtime, root: &std::path::Path, tokio: &tokio::runtime::Runtime) -> GrafanaServer {
     let config = HostConfig::builtin_default();
-    let history = History::new(series_names(&config.telemetry.transforms)).shared();
-    fill(&mut history.write().unwrap(), rows);
+    let mut writer = History::new(series_names(&config.telemetry.transforms));
+    fill(&mut writer, rows);
+    let history = writer.shared();
     let manifest = Manifest::load(&plugins_dir().join("grafana").join("plugin.toml")).unwrap();
     let plugin = runtime.load(manifest, root).unwrap();
     let mut set = PluginSet::empty();
@@ -243,11 +234,11 @@ fn grafana_handler() {
     })
     .to_string();
     for rows in SIZES {
-        let have = plugin.history.read().unwrap().row_count() as usize;
-        fill(&mut plugin.history.write().unwrap(), rows - have);
+        let have = plugin.history.snapshot().row_count() as usize;
+        fill(plugin.history_mut(), rows - have);
         let read_times: Vec<Duration> = (0..2000)
             .map(|_| {
-                let history = plugin.history.read().unwrap();
+                let history = plugin.history.snapshot();
                 let started = Instant::now();
                 std::hint::black_box(history.downsample("rewards", telemetry_host::history::Span::All, 1000).unwrap());
                 started.elapsed()
@@ -294,10 +285,10 @@ fn wandb_connector() {
     for rows in [1_000usize, 1_000_000] {
         let mut plugin = wandb_plugin(usize::MAX, 200);
         plugin.start().unwrap();
-        fill(&mut plugin.history.write().unwrap(), rows + 100_000);
+        fill(plugin.history_mut(), rows + 100_000);
         let started = Instant::now();
         for first in (rows..rows + 100_000).step_by(1000) {
-            let batch = plugin.history.read().unwrap().batch(first as u64, 1000);
+            let batch = plugin.history.snapshot().batch(first as u64, 1000);
             plugin.update_raw(batch).unwrap();
         }
         plugin.skip_to((rows + 100_000) as u64);
@@ -306,10 +297,10 @@ fn wandb_connector() {
         // Up for the run's creation, then down.
         let mut down = wandb_plugin(1, 503);
         down.start().unwrap();
-        fill(&mut down.history.write().unwrap(), rows + 10_000);
+        fill(down.history_mut(), rows + 10_000);
         let times = (0..50)
             .map(|index| {
-                let batch = down.history.read().unwrap().batch((rows + index * 100) as u64, 100);
+                let batch = down.history.snapshot().batch((rows + index * 100) as u64, 100);
                 let started = Instant::now();
                 down.update_raw(batch).unwrap();
                 started.elapsed()

@@ -53,15 +53,15 @@ fn per_sample_cost() {
     println!("|---|---|---|---|---|");
     let config = HostConfig::builtin_default();
     let dir = tempfile::tempdir().unwrap();
-    let history = History::open(dir.path(), series_names(&config.telemetry.transforms)).unwrap().shared();
-    let mut ingest = Ingest::new(&config.telemetry, history.clone(), Callbacks::none());
+    let history = History::open(dir.path(), series_names(&config.telemetry.transforms)).unwrap();
+    let mut ingest = Ingest::new(&config.telemetry, history, Callbacks::none());
     let lines: Vec<Vec<u8>> = (0..100_000u64).map(|id| sample(id).into_bytes()).collect();
-    let series = history.read().unwrap().series_names().len();
+    let series = ingest.history().series_names().len();
     for size in [1_000u64, 100_000, 1_000_000, 10_000_000] {
         {
             // Up to the size without parsing (the 100k measured samples of the step before
             // count): the figure is what one more sample costs at that length.
-            let mut history = history.write().unwrap();
+            let history = ingest.history_mut();
             let row: Vec<f64> = (0..series).map(|index| index as f64).collect();
             while history.row_count() < size {
                 for _ in 0..65_536.min(size - history.row_count()) {
@@ -84,7 +84,7 @@ fn per_sample_cost() {
         println!("| {size} | {:.0} | {:.0} | {anonymous:.0} MB | {mapped:.0} MB |", per_sample * 1e9, 1.0 / per_sample);
     }
     let disk: u64 = std::fs::read_dir(dir.path()).unwrap().filter_map(|entry| entry.ok()?.metadata().ok()).map(|meta| meta.len()).sum();
-    println!("history on disk at the end: {:.0} MB ({} rows)", disk as f64 / 1e6, history.read().unwrap().row_count());
+    println!("history on disk at the end: {:.0} MB ({} rows)", disk as f64 / 1e6, ingest.history().row_count());
 }
 
 /// A plugin folder with the shipped file and grafana connectors and the null fixture.

@@ -56,9 +56,9 @@ fn boundary_cost() {
     println!("|---|---|---|");
     let mut plugin = IsolatedPlugin::load(&fixture("null"), IsolationOptions::default()).unwrap();
     plugin.start().unwrap();
-    fill(&mut plugin.history.write().unwrap(), 100_000);
+    fill(plugin.history_mut(), 100_000);
     for rows in [10u64, 1_000, 10_000, 100_000] {
-        let batch = plugin.history.read().unwrap().batch(0, rows);
+        let batch = plugin.history.snapshot().batch(0, rows);
         let mut copies = vec![batch; 21];
         let time = median(21, || plugin.update_raw(copies.pop().unwrap()).unwrap());
         println!("| {rows} | {:.1} µs | {:.2} ns |", time.as_secs_f64() * 1e6, time.as_secs_f64() * 1e9 / (rows as f64 * SERIES as f64));
@@ -74,13 +74,13 @@ fn delivery_and_reads_against_history_length() {
     let mut plugin = IsolatedPlugin::load(&fixture("null"), IsolationOptions::default()).unwrap();
     plugin.start().unwrap();
     for target in [1_000usize, 100_000, 1_000_000] {
-        let have = plugin.history.read().unwrap().row_count() as usize;
-        fill(&mut plugin.history.write().unwrap(), target - have);
+        let have = plugin.history.snapshot().row_count() as usize;
+        fill(plugin.history_mut(), target - have);
         let delivery = median(501, || {
-            let batch: RowBatch = plugin.history.read().unwrap().batch(target as u64 - 5, 5);
+            let batch: RowBatch = plugin.history.snapshot().batch(target as u64 - 5, 5);
             plugin.update_raw(batch).unwrap();
         });
-        let history = plugin.history.read().unwrap();
+        let history = plugin.history.snapshot();
         let whole = median(51, || {
             std::hint::black_box(history.downsample("rewards", Span::All, 1000).unwrap());
         });
@@ -133,7 +133,8 @@ fn memory_with_three_plugins() {
     config.runtime.data_dir = root.path().join("data");
     config.runtime.cache_dir = root.path().join("cache");
     let before = rss_mb();
-    let history = History::new(series_names(&config.telemetry.transforms)).shared();
+    let mut writer = History::new(series_names(&config.telemetry.transforms));
+    let history = writer.shared();
     let runtime = Runtime::new(Some(config.runtime.cache_dir.clone())).unwrap();
     // W&B's side: a loopback server answering every request, so nothing is kept in memory.
     let tokio = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
@@ -163,10 +164,10 @@ fn memory_with_three_plugins() {
     let loaded = rss_mb();
     let started = Instant::now();
     for _ in 0..100 {
-        fill(&mut history.write().unwrap(), 10_000);
+        fill(&mut writer, 10_000);
         set.notify_all();
     }
-    let all = history.read().unwrap().row_count();
+    let all = history.snapshot().row_count();
     for runner in &set.runners {
         let waiting = Instant::now();
         while runner.stats.cursor.load(Ordering::Acquire) < all {

@@ -1,10 +1,11 @@
 //! The original node's callbacks, run at every update interval after the rows are
-//! committed. `SaveBest(key, channel)` publishes an empty message on a Redis channel when
+//! committed (on the row that completed the interval, as the original did, however
+//! many rows one commit holds). `SaveBest(key, channel)` publishes an empty message on a Redis channel when
 //! the last value of `key` is a new maximum, so the trainer saves a checkpoint.
 
 use serde::{Deserialize, Serialize};
 
-use crate::history::History;
+use crate::history::Snapshot;
 
 /// One configured callback, as `[[telemetry.callbacks]]` writes it.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -36,7 +37,7 @@ impl Callbacks {
 
     /// The configured callbacks; a resumed run's best values are the history's maxima, so
     /// a restart does not announce an old best again.
-    pub fn new(specs: &[CallbackSpec], history: &History, publisher: Option<Box<dyn Publish>>) -> Callbacks {
+    pub fn new(specs: &[CallbackSpec], history: &Snapshot, publisher: Option<Box<dyn Publish>>) -> Callbacks {
         let save_best = specs
             .iter()
             .map(|CallbackSpec::SaveBest { key, channel }| SaveBest {
@@ -48,8 +49,8 @@ impl Callbacks {
         Callbacks { save_best, publisher }
     }
 
-    pub fn on_update(&mut self, history: &History) {
-        let last_row = history.row_count().saturating_sub(1);
+    /// Runs the callbacks on the update that ended at `last_row`.
+    pub fn on_update(&mut self, history: &Snapshot, last_row: u64) {
         for callback in &mut self.save_best {
             let Some(&value) = history.read_series(&callback.key, last_row, 1).ok().and_then(|values| values.first().copied()).as_ref()
             else {

@@ -91,7 +91,12 @@ impl IsolatedPlugin {
         manifest.grants.data_dir = Some(DataDirGrant { path: data_dir.clone(), access });
         let runtime = Runtime::new(options.cache_dir)?;
         let plugin = runtime.load(manifest, &data_dir)?;
-        let history = History::new(series_names(&options.host_config.telemetry.transforms)).shared();
+        let ingest = Ingest::new(
+            &options.host_config.telemetry,
+            History::new(series_names(&options.host_config.telemetry.transforms)),
+            Callbacks::none(),
+        );
+        let history = ingest.shared();
         let exchanges = Arc::new(Mutex::new(Vec::new()));
         let logs = Arc::new(Mutex::new(Vec::new()));
         let mut transport = Transport::recording(exchanges.clone());
@@ -108,7 +113,6 @@ impl IsolatedPlugin {
             run_started_ms: crate::ingest::now_ms(),
             denied: Arc::new(AtomicU64::new(0)),
         };
-        let ingest = Ingest::new(&options.host_config.telemetry, history.clone(), Callbacks::none());
         Ok(IsolatedPlugin {
             plugin,
             env,
@@ -131,7 +135,7 @@ impl IsolatedPlugin {
             plugin_name: self.plugin.manifest.name.clone(),
             config_json: serde_json::to_string(&self.plugin.manifest.config).unwrap_or_else(|_| "{}".into()),
             host_config_json: self.env.host_config_json.clone(),
-            series: self.history.read().expect("history lock").series_names().to_vec(),
+            series: self.history.snapshot().series_names().to_vec(),
             step_series: self.env.step_series.clone(),
             next_row: self.cursor,
             run_started_ms: self.env.run_started_ms,
@@ -141,21 +145,27 @@ impl IsolatedPlugin {
         Ok(())
     }
 
+    /// The history itself, to fill it directly (benchmarks, tests of long histories);
+    /// rows pushed are seen after `commit`.
+    pub fn history_mut(&mut self) -> &mut History {
+        self.ingest.history_mut()
+    }
+
     /// Adds one sample to the history (not yet delivered).
     pub fn push_sample(&mut self, sample: &Value) -> Result<()> {
         match self.ingest.accept(sample, "test") {
-            Outcome::Accepted { .. } => self.ingest.commit().map(drop),
+            Outcome::Accepted => self.ingest.commit().map(drop),
             Outcome::Refused(reason) => anyhow::bail!(reason),
         }
     }
 
     /// Adds NDJSON samples; returns how many were refused.
     pub fn push_ndjson(&mut self, text: &str) -> u64 {
-        let refused = self.ingest.refused;
+        let refused = self.ingest.refused();
         if let Err(error) = self.ingest.read_ndjson(text.as_bytes(), "input") {
             tracing::error!("{error:#}");
         }
-        self.ingest.refused - refused
+        self.ingest.refused() - refused
     }
 
     /// Delivers every row past the cursor, in batches of at most `MAX_BATCH_ROWS` as the
@@ -163,7 +173,7 @@ impl IsolatedPlugin {
     pub fn deliver(&mut self) -> Result<(), CallFailure> {
         loop {
             let instance = self.instance.as_mut().ok_or_else(|| CallFailure::Trapped("the plugin is not started".into()))?;
-            let batch = self.history.read().expect("history lock").batch(self.cursor, MAX_BATCH_ROWS);
+            let batch = self.history.snapshot().batch(self.cursor, MAX_BATCH_ROWS);
             if batch.timestamps_ms.is_empty() {
                 return Ok(());
             }

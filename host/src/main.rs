@@ -140,7 +140,11 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::ExportStats { config, output } => {
             let config = load_config(config.as_ref())?;
-            let history = node::open_history(&config)?;
+            // Read-only, beside a running host if there is one: no lock, no recovery.
+            let history = telemetry_host::history::History::read_only(
+                &config.runtime.history_dir,
+                telemetry_host::ingest::transforms::series_names(&config.telemetry.transforms),
+            )?;
             match &output {
                 Some(path) => {
                     let file = std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;

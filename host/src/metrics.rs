@@ -1,8 +1,8 @@
 //! `GET /metrics`: the host's own figures in the Prometheus text format (version 0.0.4).
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::extract::State;
@@ -10,13 +10,13 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 
 use crate::history::SharedHistory;
-use crate::ingest::Ingest;
+use crate::ingest::IngestCounters;
 use crate::plugins::runner::PluginStats;
 
 /// What the endpoint reads.
 #[derive(Clone)]
 pub struct HostFigures {
-    pub ingest: Arc<Mutex<Ingest>>,
+    pub ingest: Arc<IngestCounters>,
     pub history: SharedHistory,
     pub plugins: Vec<(String, Arc<PluginStats>)>,
 }
@@ -41,13 +41,9 @@ fn family(text: &mut String, name: &str, kind: &str, help: &str, samples: &[(Str
 
 pub fn render(figures: &HostFigures) -> String {
     let mut text = String::new();
-    let rows = figures.history.read().map(|history| history.row_count()).unwrap_or(0);
-    let (accepted, refused, mut faults) = match figures.ingest.lock() {
-        Ok(ingest) => {
-            (ingest.accepted, ingest.refused, ingest.faults().iter().map(|(kind, count)| (kind.clone(), *count)).collect::<Vec<_>>())
-        }
-        Err(_) => (0, 0, Vec::new()),
-    };
+    let rows = figures.history.snapshot().row_count();
+    let (accepted, refused) = (figures.ingest.accepted.load(Ordering::Relaxed), figures.ingest.refused.load(Ordering::Relaxed));
+    let mut faults: Vec<(String, u64)> = figures.ingest.faults().into_iter().collect();
     faults.sort();
     let plain = |value: f64| vec![(String::new(), value)];
     family(&mut text, "samples_accepted_total", "counter", "Samples stored as rows.", &plain(accepted as f64));
@@ -100,11 +96,13 @@ mod tests {
     #[test]
     fn figures_are_rendered_in_the_prometheus_format() {
         let config = HostConfig::builtin_default();
-        let history = History::new(series_names(&config.telemetry.transforms)).shared();
-        let ingest = Arc::new(Mutex::new(Ingest::new(&config.telemetry, history.clone(), crate::callbacks::Callbacks::none())));
-        ingest.lock().unwrap().accept(&serde_json::json!({"ep_reward": 1, "ep_steps": 2, "total_steps": 3}), "t");
-        ingest.lock().unwrap().accept_line(b"{oops", "t");
-        ingest.lock().unwrap().commit().unwrap();
+        let history = History::new(series_names(&config.telemetry.transforms));
+        let mut ingest = crate::ingest::Ingest::new(&config.telemetry, history, crate::callbacks::Callbacks::none());
+        ingest.accept(&serde_json::json!({"ep_reward": 1, "ep_steps": 2, "total_steps": 3}), "t");
+        ingest.accept_line(b"{oops", "t");
+        ingest.commit().unwrap();
+        let history = ingest.shared();
+        let ingest = ingest.counters();
         let stats = Arc::new(PluginStats::default());
         stats.rows_delivered.store(1, Ordering::Relaxed);
         let text = render(&HostFigures { ingest, history, plugins: vec![("file \"x\"".into(), stats)] });

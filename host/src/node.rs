@@ -14,7 +14,8 @@ use crate::config::HostConfig;
 use crate::history::History;
 use crate::ingest::redis::{RedisInput, RedisPublisher};
 use crate::ingest::transforms::series_names;
-use crate::ingest::{Ingest, Outcome, demo_samples, read_ndjson_with};
+use crate::ingest::writer::{At, Item, Job, Pipeline, WriterThread};
+use crate::ingest::{Ingest, demo_samples, read_ndjson_to};
 use crate::plugins::PluginSet;
 use crate::plugins::loader::Runtime;
 
@@ -66,27 +67,29 @@ pub fn open_history(config: &HostConfig) -> Result<History> {
 
 pub fn run(options: NodeOptions) -> Result<RunSummary> {
     let config = options.config;
-    let history = open_history(&config)?.shared();
+    let history = open_history(&config)?;
+    let shared = history.shared();
     let runtime = Runtime::new(Some(config.runtime.cache_dir.clone()))?;
-    let plugins = PluginSet::start(&runtime, &options.plugins_dir, &config, &history)?;
+    let plugins = PluginSet::start(&runtime, &options.plugins_dir, &config, &shared)?;
     let async_runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let publisher = match &config.redis {
         Some(redis) if !config.telemetry.callbacks.is_empty() => Some(Box::new(RedisPublisher::new(&redis.url)?) as Box<dyn Publish>),
         _ => None,
     };
-    let callbacks = Callbacks::new(&config.telemetry.callbacks, &history.read().expect("history lock"), publisher);
-    let ingest = Arc::new(Mutex::new(Ingest::new(&config.telemetry, history.clone(), callbacks)));
+    let callbacks = Callbacks::new(&config.telemetry.callbacks, &shared.snapshot(), publisher);
+    let ingest = Ingest::new(&config.telemetry, history, callbacks);
+    let counters = ingest.counters();
     let notifiers = plugins.notifiers();
     let notify_all: Arc<dyn Fn() + Send + Sync> = Arc::new(move || notifiers.iter().for_each(|notifier| notifier.notify()));
+    let (committer, writer) = WriterThread::spawn(ingest, notify_all)?;
     let samples = crate::ingest::http::router(crate::ingest::http::SampleEndpoint {
-        ingest: ingest.clone(),
-        on_update: notify_all.clone(),
+        committer: committer.clone(),
         token: config.http.ingest_token.clone(),
         max_body_bytes: config.http.max_ingest_bytes,
     });
     let figures = crate::metrics::router(crate::metrics::HostFigures {
-        ingest: ingest.clone(),
-        history: history.clone(),
+        ingest: counters.clone(),
+        history: shared.clone(),
         plugins: plugins.runners.iter().map(|runner| (runner.name.clone(), runner.stats.clone())).collect(),
     });
     let servers = async_runtime.block_on(crate::capabilities::http_server::serve(
@@ -116,8 +119,8 @@ pub fn run(options: NodeOptions) -> Result<RunSummary> {
             let events = Mutex::new(events.clone());
             RedisInput {
                 config: redis.clone(),
-                ingest: ingest.clone(),
-                on_update: notify_all.clone(),
+                committer: committer.clone(),
+                history: shared.clone(),
                 on_shutdown: Arc::new(move || {
                     let _ = events.lock().expect("events lock").send(Event::Signal);
                 }),
@@ -128,39 +131,19 @@ pub fn run(options: NodeOptions) -> Result<RunSummary> {
         None => Vec::new(),
     };
     {
-        let (ingest, stopping, input, notify) = (ingest.clone(), stopping.clone(), options.input.clone(), notify_all.clone());
+        let (stopping, input) = (stopping.clone(), options.input.clone());
+        let mut pipeline = Pipeline::new(committer, INPUT_IN_FLIGHT);
         std::thread::Builder::new().name("ingest".into()).spawn(move || {
-            let accept = |line: &[u8], at: &str| ingest.lock().expect("ingest lock").accept_line(line, at);
-            let commit = || -> Result<()> {
-                if ingest.lock().expect("ingest lock").commit()? {
-                    notify();
-                }
-                Ok(())
-            };
             let result = match input {
                 Input::None => Ok(()),
-                Input::Stdin => read_ndjson_with(std::io::stdin().lock(), "stdin", accept, commit).context("reading stdin"),
+                Input::Stdin => read_ndjson_to(std::io::stdin().lock(), "stdin", &mut pipeline).context("reading stdin"),
                 Input::File(path) => {
                     std::fs::File::open(&path).with_context(|| format!("cannot open input {}", path.display())).and_then(|file| {
-                        read_ndjson_with(BufReader::new(file), &path.display().to_string(), accept, commit)
+                        read_ndjson_to(BufReader::with_capacity(1 << 20, file), &path.display().to_string(), &mut pipeline)
                             .with_context(|| format!("reading {}", path.display()))
                     })
                 }
-                Input::Demo { per_second } => (|| {
-                    let pause = Duration::from_secs_f64(1.0 / f64::from(per_second.max(1)));
-                    for sample in demo_samples() {
-                        if stopping.load(Ordering::Relaxed) {
-                            break;
-                        }
-                        // Bound first: the lock must be released before `commit` takes it again.
-                        let outcome = ingest.lock().expect("ingest lock").accept(&sample, "demo");
-                        if let Outcome::Accepted { update_due: true } = outcome {
-                            commit()?;
-                        }
-                        std::thread::sleep(pause);
-                    }
-                    commit()
-                })(),
+                Input::Demo { per_second } => run_demo(per_second, &stopping, &mut pipeline),
             };
             let _ = events.send(Event::InputDone(result));
         })?;
@@ -181,18 +164,20 @@ pub fn run(options: NodeOptions) -> Result<RunSummary> {
         }
         Ok(Event::Signal) | Err(_) => tracing::info!("stopping"),
     }
+    // Every source stops taking samples first; what they handed over is committed, then
+    // every plugin receives every committed row, then the plugins stop.
     stopping.store(true, Ordering::Relaxed);
+    async_runtime.block_on(async {
+        for server in servers {
+            server.shutdown().await;
+        }
+    });
     for thread in redis_threads {
         let _ = thread.join();
     }
-    if let Err(error) = ingest.lock().expect("ingest lock").commit() {
-        tracing::error!("{error:#}");
-    }
+    drop(writer.stop());
     plugins.notify_all();
-    let (accepted, refused) = {
-        let ingest = ingest.lock().expect("ingest lock");
-        (ingest.accepted, ingest.refused)
-    };
+    let (accepted, refused) = (counters.accepted.load(Ordering::Relaxed), counters.refused.load(Ordering::Relaxed));
     let failed_plugins = plugins.failed.clone();
     let stats: Vec<_> = plugins.runners.iter().map(|runner| (runner.name.clone(), runner.stats.clone())).collect();
     plugins.stop_all();
@@ -202,13 +187,25 @@ pub fn run(options: NodeOptions) -> Result<RunSummary> {
         plugins: stats.into_iter().map(|(name, stats)| (name, stats.rows_delivered.load(Ordering::Relaxed))).collect(),
         failed_plugins,
     };
-    async_runtime.block_on(async {
-        for server in servers {
-            server.shutdown().await;
-        }
-    });
     tracing::info!(accepted = summary.accepted, refused = summary.refused, "stopped; rows delivered per plugin: {:?}", summary.plugins);
     input_result.map(|()| summary)
+}
+
+/// Jobs of an input (NDJSON groups, demo samples) in flight at once.
+const INPUT_IN_FLIGHT: usize = 4;
+
+/// The demo input: `per_second` samples a second until the host stops.
+fn run_demo(per_second: u32, stopping: &AtomicBool, pipeline: &mut Pipeline) -> Result<()> {
+    let pause = Duration::from_secs_f64(1.0 / f64::from(per_second.max(1)));
+    let origin: Arc<str> = Arc::from("demo");
+    for sample in demo_samples() {
+        if stopping.load(Ordering::Relaxed) {
+            break;
+        }
+        pipeline.submit(Job { origin: origin.clone(), items: vec![Item { at: At::Whole, sample: Ok(sample) }], mark: None })?;
+        std::thread::sleep(pause);
+    }
+    pipeline.finish()
 }
 
 async fn wait_for_signal() {

@@ -12,8 +12,8 @@ impl HistoryReader {
         HistoryReader { history }
     }
 
-    fn read<R>(&self, read: impl FnOnce(&history::History) -> R) -> R {
-        read(&self.history.read().expect("history lock"))
+    fn read<R>(&self, read: impl FnOnce(&history::Snapshot) -> R) -> R {
+        read(&self.history.snapshot())
     }
 }
 

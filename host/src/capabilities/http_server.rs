@@ -41,10 +41,19 @@ pub struct BoundServer {
     task: tokio::task::JoinHandle<()>,
 }
 
+/// How long a stopping server waits for connections to finish their requests; a client
+/// holding a half-sent request cannot keep the host from exiting.
+const SHUTDOWN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl BoundServer {
-    pub async fn shutdown(self) {
+    /// Stops accepting connections and lets requests in progress finish, for at most
+    /// `SHUTDOWN_DEADLINE`; connections still open then are dropped.
+    pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
-        let _ = self.task.await;
+        if tokio::time::timeout(SHUTDOWN_DEADLINE, &mut self.task).await.is_err() {
+            tracing::warn!("HTTP server on {}: connections still open after {:?}, dropped", self.address, SHUTDOWN_DEADLINE);
+            self.task.abort();
+        }
     }
 }
 

@@ -3,12 +3,12 @@
 //! A chunk file is written beside its final name, synced, then renamed into place, so
 //! a chunk either exists whole or not at all.
 //!
-//! Layout, in little-endian 8-byte words: a header (`MAGIC`, first row, rows, series),
-//! the timestamps, each series' values, then each series' block summaries, level by
-//! level, finest first.
+//! Layout, in little-endian 8-byte words: a header (`MAGIC`, first row, rows, series,
+//! the CRC-32 of everything after the header), the timestamps, each series' values, then
+//! each series' block summaries, level by level, finest first. The checksum is verified
+//! when a chunk is opened, so a flipped byte is reported by name, never served as a value.
 
 use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, ensure};
@@ -24,16 +24,20 @@ compile_error!("history chunks are stored little-endian and read in place: big-e
 pub const CHUNK_ROWS: usize = 32_768;
 /// Summary levels per series: blocks of 16, 32, ... 32768 rows.
 pub const LEVELS: usize = (CHUNK_ROWS / BLOCK_ROWS).trailing_zeros() as usize + 1;
-const MAGIC: u64 = u64::from_le_bytes(*b"THCHUNK3");
+const MAGIC: u64 = u64::from_le_bytes(*b"THCHUNK4");
 /// Chunks of earlier formats, whose rows are laid out as now but whose summaries are not
 /// (version 1: extremes without times; version 2: extremes of blocks from 8 rows up,
 /// without first and last points); rewritten when opened.
 const EARLIER_MAGICS: [u64; 2] = [u64::from_le_bytes(*b"THCHUNK1"), u64::from_le_bytes(*b"THCHUNK2")];
+/// Version 3: the current layout without a checksum; one is added when opened.
+const UNCHECKED_MAGIC: u64 = u64::from_le_bytes(*b"THCHUNK3");
+/// Header word holding the checksum of the body.
+const CHECKSUM_WORD: usize = 4;
 const HEADER_WORDS: usize = 8;
 const BLOCK_WORDS: usize = size_of::<Block>() / 8;
 
 /// Entries of each summary level of a full chunk.
-const fn level_len(level: usize) -> usize {
+pub(super) const fn level_len(level: usize) -> usize {
     CHUNK_ROWS / (BLOCK_ROWS << level)
 }
 
@@ -67,6 +71,14 @@ enum Bytes {
     Owned(Vec<u64>),
 }
 
+/// How a chunk is opened: by the history's writer, which may rewrite a chunk of an
+/// earlier format in place, or by a reader beside it, which never changes a file.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Access {
+    Writer,
+    ReadOnly,
+}
+
 /// A sealed chunk, read in place.
 pub struct Chunk {
     bytes: Bytes,
@@ -94,6 +106,7 @@ impl Chunk {
                 words.extend(bytemuck::cast_slice::<Block, u64>(blocks));
             }
         }
+        words[CHECKSUM_WORD] = u64::from(crc32fast::hash(bytemuck::cast_slice(&words[HEADER_WORDS..])));
         Chunk { bytes: Bytes::Owned(words), series, first_row: data.first_row }
     }
 
@@ -101,34 +114,60 @@ impl Chunk {
     /// returns it mapped from there, its owned copy released.
     pub fn persist(self, dir: &Path, name: &str) -> Result<Chunk> {
         let path = dir.join(name);
-        let temporary = dir.join(format!("{name}.partial"));
-        let mut file = File::create(&temporary).with_context(|| format!("cannot create {}", temporary.display()))?;
-        file.write_all(self.bytes()).and_then(|()| file.sync_all()).with_context(|| format!("cannot write {}", temporary.display()))?;
-        std::fs::rename(&temporary, &path).with_context(|| format!("cannot rename {} into place", temporary.display()))?;
-        sync_dir(dir)?;
-        Chunk::open(&path, self.series)
+        super::write_atomically(&path, self.bytes())?;
+        Chunk::open(&path, self.series, Access::Writer)
     }
 
-    /// Maps a chunk file, checking its header and size.
-    pub fn open(path: &Path, series: usize) -> Result<Chunk> {
+    /// Maps a chunk file, checking its header, size and checksum. A chunk of an earlier
+    /// format is brought to the current one: rewritten by the writer, converted in memory
+    /// for a reader.
+    pub fn open(path: &Path, series: usize, access: Access) -> Result<Chunk> {
         let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-        // SAFETY: chunk files are immutable once renamed into place and only this host
-        // writes the history folder; the map is read-only.
+        // SAFETY: chunk files are immutable once renamed into place, the writer holds the
+        // folder's lock, and the map is read-only.
         let map = unsafe { Mmap::map(&file) }.with_context(|| format!("cannot map {}", path.display()))?;
-        if map.len() >= HEADER_WORDS * 8 && EARLIER_MAGICS.iter().any(|magic| map[..8] == magic.to_le_bytes()) {
-            return Chunk::rewrite_summaries(path, series, &map);
+        let magic = map.get(..8).map(|bytes| u64::from_le_bytes(bytes.try_into().expect("8 bytes")));
+        if magic.is_some_and(|magic| EARLIER_MAGICS.contains(&magic)) {
+            return Chunk::rewrite_summaries(path, series, &map, access);
         }
         let expected = chunk_words(series) * 8;
         ensure!(map.len() == expected, "{}: {} bytes, a chunk of {series} series has {expected}", path.display(), map.len());
         let header: &[u64] = bytemuck::try_cast_slice(&map[..HEADER_WORDS * 8]).map_err(|e| anyhow::anyhow!("{e:?}"))?;
-        ensure!(header[0] == MAGIC, "{}: not a history chunk", path.display());
+        ensure!(header[0] == MAGIC || header[0] == UNCHECKED_MAGIC, "{}: not a history chunk", path.display());
         check_shape(path, header, series)?;
+        let checksum = u64::from(crc32fast::hash(&map[HEADER_WORDS * 8..]));
+        if header[0] == UNCHECKED_MAGIC {
+            return Chunk::add_checksum(path, series, &map, checksum, access);
+        }
+        ensure!(
+            header[CHECKSUM_WORD] == checksum,
+            "{}: damaged: its checksum is {:08x}, its contents give {checksum:08x}; the file was changed after it was \
+             sealed. Restore it from a backup (no value of it is served)",
+            path.display(),
+            header[CHECKSUM_WORD]
+        );
         Ok(Chunk { first_row: header[1], bytes: Bytes::Mapped(map), series })
+    }
+
+    /// A chunk of version 3 (no checksum) with its checksum added.
+    fn add_checksum(path: &Path, series: usize, map: &[u8], checksum: u64, access: Access) -> Result<Chunk> {
+        let mut words: Vec<u64> = map.chunks_exact(8).map(|word| u64::from_le_bytes(word.try_into().expect("8 bytes"))).collect();
+        words[0] = MAGIC;
+        words[CHECKSUM_WORD] = checksum;
+        let chunk = Chunk { first_row: words[1], bytes: Bytes::Owned(words), series };
+        match access {
+            Access::ReadOnly => Ok(chunk),
+            Access::Writer => {
+                tracing::info!("adding a checksum to {}", path.display());
+                let (dir, name) = split_path(path)?;
+                chunk.persist(dir, name)
+            }
+        }
     }
 
     /// Rewrites a chunk of an earlier format: its rows are the same, its summaries are
     /// rebuilt from them.
-    fn rewrite_summaries(path: &Path, series: usize, map: &[u8]) -> Result<Chunk> {
+    fn rewrite_summaries(path: &Path, series: usize, map: &[u8], access: Access) -> Result<Chunk> {
         let rows_words = HEADER_WORDS + CHUNK_ROWS * (1 + series);
         ensure!(map.len() > rows_words * 8, "{}: {} bytes, too short for a chunk of {series} series", path.display(), map.len());
         let words: &[u64] = bytemuck::try_cast_slice(&map[..rows_words * 8]).map_err(|e| anyhow::anyhow!("{}: {e:?}", path.display()))?;
@@ -156,10 +195,13 @@ impl Chunk {
             timestamps_ms: &timestamps,
             columns: columns.iter().zip(&summaries).map(|(values, summaries)| (values.as_slice(), summaries.levels().collect())).collect(),
         };
+        let chunk = Chunk::encode(&data);
+        if access == Access::ReadOnly {
+            return Ok(chunk);
+        }
         tracing::info!("rewriting {} in the current chunk format", path.display());
-        let dir = path.parent().context("a chunk path has a folder")?;
-        let name = path.file_name().and_then(|name| name.to_str()).context("a chunk file name is text")?;
-        Chunk::encode(&data).persist(dir, name)
+        let (dir, name) = split_path(path)?;
+        chunk.persist(dir, name)
     }
 
     fn bytes(&self) -> &[u8] {
@@ -208,6 +250,12 @@ fn check_shape(path: &Path, header: &[u64], series: usize) -> Result<()> {
         header[3]
     );
     Ok(())
+}
+
+fn split_path(path: &Path) -> Result<(&Path, &str)> {
+    let dir = path.parent().context("a chunk path has a folder")?;
+    let name = path.file_name().and_then(|name| name.to_str()).context("a chunk file name is text")?;
+    Ok((dir, name))
 }
 
 pub fn chunk_path(dir: &Path, index: usize) -> PathBuf {

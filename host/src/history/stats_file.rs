@@ -10,13 +10,13 @@ use std::path::Path;
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
 
-use super::History;
+use super::{History, Snapshot};
 
 /// Rows read from the history per step of an export.
 const EXPORT_ROWS: u64 = 65_536;
 
 /// Writes every committed row of `history` as a stats file.
-pub fn export(history: &History, out: &mut impl Write) -> Result<()> {
+pub fn export(history: &Snapshot, out: &mut impl Write) -> Result<()> {
     let rows = history.row_count();
     let mut text = String::new();
     out.write_all(b"{")?;
@@ -116,6 +116,9 @@ pub fn import(history: &mut History, path: &Path, timestamp_ms: i64) -> Result<u
             *value = column[index];
         }
         history.push_row(timestamp_ms, &row)?;
+        if (index + 1) % EXPORT_ROWS as usize == 0 {
+            history.commit()?;
+        }
     }
     history.commit()?;
     Ok(rows as u64)
@@ -181,7 +184,7 @@ mod tests {
         }
         history.commit().unwrap();
         let mut text = Vec::new();
-        export(&history, &mut text).unwrap();
+        export(&history.snapshot(), &mut text).unwrap();
         let text = String::from_utf8(text).unwrap();
         assert_eq!(text, "{\"rewards\": [1.0, NaN, Infinity], \"rewards_av\": [1.0, 1.0, -2.5e-7]}\n");
         let dir = tempfile::tempdir().unwrap();
@@ -189,8 +192,8 @@ mod tests {
         std::fs::write(&path, &text).unwrap();
         let mut imported = History::new(names);
         assert_eq!(import(&mut imported, &path, 9).unwrap(), 3);
-        assert_eq!(imported.read_series("rewards_av", 0, 3).unwrap(), vec![1.0, 1.0, -2.5e-7]);
-        let rewards = imported.read_series("rewards", 0, 3).unwrap();
+        assert_eq!(imported.snapshot().read_series("rewards_av", 0, 3).unwrap(), vec![1.0, 1.0, -2.5e-7]);
+        let rewards = imported.snapshot().read_series("rewards", 0, 3).unwrap();
         assert!(rewards[0] == 1.0 && rewards[1].is_nan() && rewards[2] == f64::INFINITY);
         assert!(import(&mut imported, &path, 9).unwrap_err().to_string().contains("already holds 3 rows"));
     }

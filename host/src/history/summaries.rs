@@ -141,31 +141,55 @@ pub struct Summaries {
     levels: Vec<Vec<Block>>,
 }
 
-impl Summaries {
-    /// Records the value just pushed at the end of `values` (the chunk's rows so far, with
-    /// their `timestamps`, the first of which is row `first_row` of the history).
-    pub fn on_push(&mut self, values: &[f64], timestamps: &[i64], first_row: u64) {
-        let len = values.len();
-        if !len.is_multiple_of(BLOCK_ROWS) {
+/// Where the block summaries of a series are kept as rows arrive: growable lists
+/// (`Summaries`) or the tail's fixed columns shared with readers.
+pub trait SummaryLevels {
+    /// The complete blocks of `level` so far.
+    fn blocks(&self, level: usize) -> &[Block];
+    /// Adds the next complete block of `level`.
+    fn push_block(&mut self, level: usize, block: Block);
+}
+
+/// Records the value just pushed at the end of `values` (the chunk's rows so far, with
+/// their `timestamps`, the first of which is row `first_row` of the history) in `levels`.
+pub fn on_push(levels: &mut impl SummaryLevels, values: &[f64], timestamps: &[i64], first_row: u64) {
+    let len = values.len();
+    if !len.is_multiple_of(BLOCK_ROWS) {
+        return;
+    }
+    let first = len - BLOCK_ROWS;
+    let mut block = Block::of_rows(&values[first..], &timestamps[first..], first_row + first as u64);
+    let mut level = 0;
+    loop {
+        levels.push_block(level, block);
+        let blocks = levels.blocks(level);
+        let count = blocks.len();
+        if !count.is_multiple_of(2) {
             return;
         }
-        let first = len - BLOCK_ROWS;
-        let mut block = Block::of_rows(&values[first..], &timestamps[first..], first_row + first as u64);
-        let mut level = 0;
-        loop {
-            if self.levels.len() == level {
-                self.levels.push(Vec::new());
-            }
-            let blocks = &mut self.levels[level];
-            blocks.push(block);
-            let count = blocks.len();
-            if !count.is_multiple_of(2) {
-                return;
-            }
-            block = blocks[count - 2];
-            block.merge(&blocks[count - 1]);
-            level += 1;
+        block = blocks[count - 2];
+        block.merge(&blocks[count - 1]);
+        level += 1;
+    }
+}
+
+impl SummaryLevels for Summaries {
+    fn blocks(&self, level: usize) -> &[Block] {
+        self.levels.get(level).map_or(&[], Vec::as_slice)
+    }
+
+    fn push_block(&mut self, level: usize, block: Block) {
+        if self.levels.len() == level {
+            self.levels.push(Vec::new());
         }
+        self.levels[level].push(block);
+    }
+}
+
+impl Summaries {
+    /// Records the value just pushed at the end of `values` (see `on_push`).
+    pub fn on_push(&mut self, values: &[f64], timestamps: &[i64], first_row: u64) {
+        on_push(self, values, timestamps, first_row);
     }
 
     /// The levels, finest first, as `range` takes them.

@@ -1,26 +1,36 @@
 //! `POST /v1/samples` on the host's HTTP server: one JSON sample, a JSON array of
 //! samples, or NDJSON. Every good sample of a body is stored even when others in the same
 //! body are refused; the answer says how many were accepted and, with a 400, which were
-//! refused and why (by line for NDJSON, by index for an array). The answer comes after
-//! the accepted rows are committed: a 2xx means they are on disk.
+//! refused and why (by line for NDJSON, by index for an array; the list is capped, with
+//! the full count beside it). The answer comes after the accepted rows are committed: a
+//! 2xx means they are on disk.
+//!
+//! The body is parsed here, outside anything shared (big bodies on a blocking thread), and
+//! handed to the history's writer in pieces, so one big body never holds up the others.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde_json::{Value, json};
 
-use super::{Ingest, Outcome};
+use super::writer::{At, Committer, Item, Job, MAX_JOB_SAMPLES};
 
-/// What the endpoint needs: the shared ingest, a way to wake the plugins, and its limits.
+/// Bodies up to this size are parsed on the async worker (microseconds); bigger ones on
+/// a blocking thread.
+const INLINE_PARSE_BYTES: usize = 64 * 1024;
+/// Refusals listed in one answer; the rest are counted.
+pub const MAX_REFUSALS_LISTED: usize = 100;
+
+/// What the endpoint needs: the writer to hand samples to, and its limits.
 #[derive(Clone)]
 pub struct SampleEndpoint {
-    pub ingest: Arc<Mutex<Ingest>>,
-    pub on_update: Arc<dyn Fn() + Send + Sync>,
+    pub committer: Committer,
     /// When set, requests need `Authorization: Bearer <token>`.
     pub token: Option<String>,
     pub max_body_bytes: usize,
@@ -32,82 +42,93 @@ pub fn router(endpoint: SampleEndpoint) -> Router {
     Router::new().route("/v1/samples", post(accept)).layer(DefaultBodyLimit::max(limit)).with_state(endpoint)
 }
 
-fn error(status: StatusCode, code: &str, message: &str) -> Response {
+/// Every error answer of the host's own routes: `{"message", "error": {"code", "message"}}`.
+pub fn error(status: StatusCode, code: &str, message: &str) -> Response {
     (status, axum::Json(json!({ "message": message, "error": { "code": code, "message": message } }))).into_response()
 }
 
-async fn accept(State(endpoint): State<SampleEndpoint>, headers: HeaderMap, body: Bytes) -> Response {
+async fn accept(State(endpoint): State<SampleEndpoint>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
     if let Some(token) = &endpoint.token {
         let given = headers.get("authorization").and_then(|value| value.to_str().ok());
         if given != Some(format!("Bearer {token}").as_str()) {
             return error(StatusCode::UNAUTHORIZED, "unauthorized", "missing or wrong bearer token");
         }
     }
-    let endpoint = endpoint.clone();
-    // Parsing and storing are CPU work: keep them off the async workers.
-    let result = tokio::task::spawn_blocking(move || store(&endpoint, &body)).await;
-    result.unwrap_or_else(|_| error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "ingest failed"))
-}
-
-fn store(endpoint: &SampleEndpoint, body: &[u8]) -> Response {
-    let text = match std::str::from_utf8(body) {
-        Ok(text) => text,
-        Err(problem) => {
-            let message = format!("the body is not UTF-8: {problem}");
-            if let Ok(mut ingest) = endpoint.ingest.lock() {
-                ingest.refuse("invalid-utf8", format!("POST /v1/samples: {message}"));
-            }
-            return error(StatusCode::BAD_REQUEST, "invalid_utf8", &message);
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            let message = format!("the body exceeds http.max_ingest_bytes ({} bytes)", endpoint.max_body_bytes);
+            return error(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", &message);
+        }
+        Err(rejection) => return error(rejection.status(), "bad_body", &rejection.body_text()),
+    };
+    let parsed = if body.len() <= INLINE_PARSE_BYTES {
+        parse_body(&body)
+    } else {
+        match tokio::task::spawn_blocking(move || parse_body(&body)).await {
+            Ok(parsed) => parsed,
+            Err(_) => return error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "parsing the body failed"),
         }
     };
-    let mut accepted = 0u64;
-    let mut refused = Vec::new();
-    let mut update_due = false;
-    {
-        let Ok(mut ingest) = endpoint.ingest.lock() else {
-            return error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "ingest is unavailable");
-        };
-        let mut record = |outcome: Outcome, place: Value| match outcome {
-            Outcome::Accepted { .. } => accepted += 1,
-            Outcome::Refused(reason) => refused.push(json!({ "at": place, "reason": reason })),
-        };
-        let trimmed = text.trim_start();
-        match serde_json::from_str::<Value>(text) {
-            Ok(Value::Array(samples)) => {
-                for (index, sample) in samples.iter().enumerate() {
-                    record(ingest.accept(sample, &format!("sample {index}")), json!({ "index": index }));
-                }
-            }
-            Ok(sample) => record(ingest.accept(&sample, "sample"), json!({ "index": 0 })),
-            Err(_) if trimmed.starts_with('[') => {
-                return error(StatusCode::BAD_REQUEST, "invalid_json", "the body starts like a JSON array but is not valid JSON");
-            }
-            Err(_) => {
-                for (index, line) in text.split('\n').enumerate() {
-                    let line = line.trim_end_matches('\r');
-                    if line.trim().is_empty() {
-                        continue;
-                    }
-                    record(ingest.accept_line(line.as_bytes(), &format!("line {}", index + 1)), json!({ "line": index + 1 }));
-                }
-            }
-        }
-        if accepted > 0 {
-            match ingest.commit() {
-                Ok(due) => update_due = due,
-                Err(problem) => {
-                    tracing::error!("{problem:#}");
-                    let message = format!("the samples could not be stored: {problem:#}");
-                    return error(StatusCode::SERVICE_UNAVAILABLE, "storage_failed", &message);
-                }
-            }
-        }
+    let items = match parsed {
+        Ok(items) => items,
+        Err(problem) => return error(StatusCode::BAD_REQUEST, "invalid_json", problem),
+    };
+    let origin: Arc<str> = Arc::from("POST /v1/samples");
+    let mut pending = Vec::new();
+    let mut items = items.into_iter().peekable();
+    while items.peek().is_some() {
+        let job = Job { origin: origin.clone(), items: items.by_ref().take(MAX_JOB_SAMPLES).collect(), mark: None };
+        pending.push(endpoint.committer.submit(job));
     }
-    if update_due {
-        (endpoint.on_update)();
+    let (mut accepted, mut refused, mut refused_count) = (0u64, Vec::new(), 0usize);
+    let mut failure = None;
+    for job in pending {
+        let committed = job.wait().await;
+        accepted += committed.accepted;
+        refused_count += committed.refused.len();
+        let room = MAX_REFUSALS_LISTED.saturating_sub(refused.len());
+        refused.extend(committed.refused.into_iter().take(room).map(|(at, reason)| json!({ "at": place(&at), "reason": reason })));
+        failure = failure.or(committed.failure);
     }
-    let status = if refused.is_empty() { StatusCode::OK } else { StatusCode::BAD_REQUEST };
-    let message =
-        if refused.is_empty() { format!("{accepted} accepted") } else { format!("{accepted} accepted, {} refused", refused.len()) };
-    (status, axum::Json(json!({ "accepted": accepted, "refused": refused, "message": message }))).into_response()
+    if let Some(failure) = failure {
+        let stored = if accepted > 0 { format!(" ({accepted} samples of the body were stored before it)") } else { String::new() };
+        let message = format!("the samples could not be stored{stored}: {failure}");
+        return error(StatusCode::SERVICE_UNAVAILABLE, "storage_failed", &message);
+    }
+    let status = if refused_count == 0 { StatusCode::OK } else { StatusCode::BAD_REQUEST };
+    let message = if refused_count == 0 { format!("{accepted} accepted") } else { format!("{accepted} accepted, {refused_count} refused") };
+    let mut answer = json!({ "accepted": accepted, "refused": refused, "message": message });
+    if refused_count > MAX_REFUSALS_LISTED {
+        answer["refused_count"] = json!(refused_count);
+    }
+    (status, axum::Json(answer)).into_response()
+}
+
+/// A body as samples: a JSON array, one JSON value, or NDJSON (each line on its own: a
+/// bad line, invalid UTF-8 included, refuses that line only).
+fn parse_body(body: &[u8]) -> Result<Vec<Item>, &'static str> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Array(samples)) => {
+            Ok(samples.into_iter().enumerate().map(|(index, sample)| Item { at: At::Index(index), sample: Ok(sample) }).collect())
+        }
+        Ok(sample) => Ok(vec![Item { at: At::Index(0), sample: Ok(sample) }]),
+        Err(_) if body.trim_ascii_start().starts_with(b"[") => Err("the body starts like a JSON array but is not valid JSON"),
+        Err(_) => Ok(body
+            .split(|byte| *byte == b'\n')
+            .enumerate()
+            .filter_map(|(index, line)| {
+                let line = line.strip_suffix(b"\r").unwrap_or(line);
+                (!line.iter().all(u8::is_ascii_whitespace)).then(|| Item { at: At::Line(index + 1), sample: super::parse_line(line) })
+            })
+            .collect()),
+    }
+}
+
+fn place(at: &At) -> Value {
+    match at {
+        At::Line(line) => json!({ "line": line }),
+        At::Index(index) => json!({ "index": index }),
+        At::Whole | At::Entry(_) => json!({}),
+    }
 }

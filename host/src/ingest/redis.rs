@@ -9,16 +9,17 @@
 //!
 //! A message on `shutdown_channel` stops the host, as in the original.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use redis::streams::StreamReadReply;
 use serde::{Deserialize, Serialize};
 
-use super::{Ingest, Outcome};
+use super::writer::{At, Committer, Item, Job, MAX_JOB_SAMPLES, Pipeline};
 use crate::callbacks::Publish;
+use crate::history::SharedHistory;
 
 /// `[redis]` in the host configuration.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -48,8 +49,11 @@ pub struct RedisConfig {
 
 /// The field of a stream entry holding the sample.
 pub const SAMPLE_FIELD: &str = "sample";
-/// Longest wait before samples received by pub/sub are committed.
+/// Longest wait before samples received by pub/sub are handed to the writer.
 const PUBSUB_COMMIT_EVERY: Duration = Duration::from_millis(20);
+/// Pub/sub groups handed over and not yet committed: the subscriber goes on reading
+/// while they are written (Redis drops a subscriber whose output buffer fills up).
+const PUBSUB_IN_FLIGHT: usize = 16;
 const POLL: Duration = Duration::from_millis(200);
 
 fn default_url() -> String {
@@ -72,9 +76,9 @@ fn default_batch() -> usize {
 #[derive(Clone)]
 pub struct RedisInput {
     pub config: RedisConfig,
-    pub ingest: Arc<Mutex<Ingest>>,
-    /// Wakes the plugins at an update interval.
-    pub on_update: Arc<dyn Fn() + Send + Sync>,
+    pub committer: Committer,
+    /// Where the stream's stored position is read.
+    pub history: SharedHistory,
     /// Asks the node to stop (a message on the shutdown channel).
     pub on_shutdown: Arc<dyn Fn() + Send + Sync>,
     pub stopping: Arc<AtomicBool>,
@@ -127,13 +131,6 @@ impl RedisInput {
         }
     }
 
-    fn commit(&self, ingest: &mut Ingest) -> Result<()> {
-        if ingest.commit().context("cannot commit samples received from Redis")? {
-            (self.on_update)();
-        }
-        Ok(())
-    }
-
     fn subscribe(&self, client: &redis::Client) -> Result<()> {
         let mut connection = client.get_connection_with_timeout(Duration::from_secs(5)).context("cannot connect")?;
         let mut pubsub = connection.as_pubsub();
@@ -142,14 +139,19 @@ impl RedisInput {
         }
         pubsub.set_read_timeout(Some(PUBSUB_COMMIT_EVERY))?;
         tracing::info!(channel = %self.config.channel, shutdown = %self.config.shutdown_channel, "subscribed on Redis");
-        let origin = format!("redis channel {}", self.config.channel);
-        let mut uncommitted = 0u64;
-        let mut oldest_uncommitted = Instant::now();
+        let origin: Arc<str> = Arc::from(format!("redis channel {}", self.config.channel));
+        let mut pipeline = Pipeline::new(self.committer.clone(), PUBSUB_IN_FLIGHT);
+        let mut items = Vec::new();
+        let mut oldest = Instant::now();
         loop {
             let message = match pubsub.get_message() {
                 Ok(message) => Some(message),
                 Err(error) if error.is_timeout() => None,
-                Err(error) => return Err(error).context("connection lost"),
+                Err(error) => {
+                    pipeline.submit(Job { origin: origin.clone(), items, mark: None })?;
+                    pipeline.finish()?;
+                    return Err(error).context("connection lost");
+                }
             };
             let stopping = self.stopping();
             if let Some(message) = &message {
@@ -157,21 +159,18 @@ impl RedisInput {
                     tracing::info!("message on `{}`: stopping", self.config.shutdown_channel);
                     (self.on_shutdown)();
                 } else {
-                    let mut ingest = self.ingest.lock().expect("ingest lock");
-                    if let Outcome::Accepted { .. } = ingest.accept_line(message.get_payload_bytes(), &origin) {
-                        if uncommitted == 0 {
-                            oldest_uncommitted = Instant::now();
-                        }
-                        uncommitted += 1;
+                    if items.is_empty() {
+                        oldest = Instant::now();
                     }
+                    items.push(Item { at: At::Whole, sample: super::parse_line(message.get_payload_bytes()) });
                 }
             }
-            if uncommitted > 0 && (message.is_none() || stopping || oldest_uncommitted.elapsed() >= PUBSUB_COMMIT_EVERY) {
-                self.commit(&mut self.ingest.lock().expect("ingest lock"))?;
-                uncommitted = 0;
+            let due = message.is_none() || stopping || items.len() >= MAX_JOB_SAMPLES || oldest.elapsed() >= PUBSUB_COMMIT_EVERY;
+            if !items.is_empty() && due {
+                pipeline.submit(Job { origin: origin.clone(), items: std::mem::take(&mut items), mark: None })?;
             }
             if stopping {
-                return Ok(());
+                return pipeline.finish();
             }
         }
     }
@@ -188,7 +187,7 @@ impl RedisInput {
             return Err(error).with_context(|| format!("cannot create consumer group `{}` on stream `{}`", config.group, config.stream));
         }
         let source = format!("redis-stream:{}:{}", config.stream, config.group);
-        let origin = format!("redis stream {}", config.stream);
+        let origin: Arc<str> = Arc::from(format!("redis stream {}", config.stream));
         tracing::info!(stream = %config.stream, group = %config.group, consumer = %config.consumer, "reading the Redis stream");
         // First the entries delivered to this consumer but never acknowledged (a crash),
         // then new ones.
@@ -207,30 +206,25 @@ impl RedisInput {
                 continue;
             }
             let ids: Vec<&str> = entries.iter().map(|entry| entry.id.as_str()).collect();
-            {
-                let mut ingest = self.ingest.lock().expect("ingest lock");
-                let stored_up_to = ingest.history_mark(&source).and_then(|mark| parse_id(&mark));
-                for entry in &entries {
-                    if let (Some(stored), Some(id)) = (stored_up_to, parse_id(&entry.id))
-                        && id <= stored
-                    {
-                        continue;
-                    }
-                    let at = format!("{origin} entry {}", entry.id);
-                    match entry.map.get(SAMPLE_FIELD) {
-                        Some(redis::Value::BulkString(bytes)) => {
-                            ingest.accept_line(bytes, &at);
-                        }
-                        _ => {
-                            ingest.refuse("no-sample-field", format!("{at}: no `{SAMPLE_FIELD}` field holding a JSON sample"));
-                        }
-                    }
-                }
-                let last = ids.last().copied().unwrap_or_default();
-                if stored_up_to.is_none_or(|stored| parse_id(last).is_some_and(|id| id > stored)) {
-                    ingest.set_mark(&source, last)?;
-                }
-                self.commit(&mut ingest)?;
+            let stored_up_to = self.history.snapshot().mark(&source).and_then(parse_id);
+            let items: Vec<Item> = entries
+                .iter()
+                .filter(|entry| !matches!((stored_up_to, parse_id(&entry.id)), (Some(stored), Some(id)) if id <= stored))
+                .map(|entry| Item {
+                    at: At::Entry(entry.id.clone()),
+                    sample: match entry.map.get(SAMPLE_FIELD) {
+                        Some(redis::Value::BulkString(bytes)) => super::parse_line(bytes),
+                        _ => Err(("no-sample-field", format!("no `{SAMPLE_FIELD}` field holding a JSON sample"))),
+                    },
+                })
+                .collect();
+            let last = ids.last().copied().unwrap_or_default();
+            let mark =
+                stored_up_to.is_none_or(|stored| parse_id(last).is_some_and(|id| id > stored)).then(|| (source.clone(), last.to_string()));
+            let committed = self.committer.submit(Job { origin: origin.clone(), items, mark }).wait_blocking();
+            if let Some(failure) = committed.failure {
+                // Not acknowledged: the entries stay pending and are read again.
+                anyhow::bail!("entries {}..{} not stored: {failure}", ids[0], last);
             }
             let _: u64 =
                 redis::cmd("XACK").arg(&config.stream).arg(&config.group).arg(&ids).query(&mut connection).context("XACK failed")?;

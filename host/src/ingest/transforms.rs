@@ -146,21 +146,23 @@ pub struct RowBuilder {
 
 impl RowBuilder {
     pub fn new(transforms: Vec<TransformSpec>, moving_average: usize) -> RowBuilder {
-        let windows = transforms.iter().map(|_| VecDeque::with_capacity(moving_average)).collect();
+        // Windows grow as rows come: a huge `moving_average` costs nothing up front.
+        let windows = transforms.iter().map(|_| VecDeque::with_capacity(moving_average.min(1024))).collect();
         RowBuilder { transforms, windows, window_len: moving_average.max(1), started: Instant::now() }
     }
 
     /// Continues a run: the moving-average windows take the last values of `history`
     /// and the timer goes on from its last value.
-    pub fn resume(&mut self, history: &crate::history::History) {
+    pub fn resume(&mut self, history: &crate::history::Snapshot) {
         let rows = history.row_count();
         for (transform, window) in self.transforms.iter().zip(&mut self.windows) {
             let first = rows.saturating_sub(self.window_len as u64);
             let last_values = history.read_series(&transform.name(), first, self.window_len as u64).unwrap_or_default();
             if let TransformSpec::Timer { .. } = transform
-                && let Some(seconds) = last_values.last().filter(|seconds| seconds.is_finite() && **seconds >= 0.0)
+                && let Some(elapsed) = last_values.last().and_then(|seconds| std::time::Duration::try_from_secs_f64(*seconds).ok())
             {
-                self.started = Instant::now().checked_sub(std::time::Duration::from_secs_f64(*seconds)).unwrap_or(self.started);
+                // A timer from a damaged or imported history may be out of reach: then it restarts.
+                self.started = Instant::now().checked_sub(elapsed).unwrap_or(self.started);
             }
             window.clear();
             window.extend(last_values);

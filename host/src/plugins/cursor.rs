@@ -1,12 +1,13 @@
 //! A plugin's cursor (the next row it will receive), kept in the history folder so that
-//! a restarted host resumes each plugin exactly where it stopped. It is rewritten in
-//! place after every delivered batch: 8 bytes of row and 8 bytes of its complement, so a
-//! torn write is recognised. A crash of the process keeps the last write (the page cache
-//! survives it); it is synced to disk at stop.
+//! a restarted host resumes each plugin exactly where it stopped: 8 bytes of row and 8
+//! bytes of its complement, so a damaged file is recognised. After every delivered batch
+//! it is replaced whole (a temporary file renamed over it), so a crash of the process
+//! keeps the last cursor; it is synced to disk at most once a second and at stop, so a
+//! power loss can only move it back (rows offered again), never forward.
 
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
+use std::cell::Cell;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
@@ -23,9 +24,12 @@ impl From<u64> for Cursor {
 }
 
 pub struct CursorFile {
-    file: File,
     path: PathBuf,
+    last_sync: Cell<Option<Instant>>,
+    unsynced: Cell<Option<u64>>,
 }
+
+const SYNC_EVERY: Duration = Duration::from_secs(1);
 
 impl Cursor {
     /// The cursor of `plugin` kept in `dir` (0 for a plugin new to this history), at most
@@ -33,47 +37,72 @@ impl Cursor {
     pub fn open(dir: &Path, plugin: &str, rows: u64) -> Result<Cursor> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let path = dir.join(format!("{plugin}.cursor"));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .with_context(|| format!("cannot open {}", path.display()))?;
-        let mut bytes = [0u8; 16];
-        let next_row = match file.read_exact_at(&mut bytes, 0) {
-            Ok(()) => {
-                let row = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
-                let check = u64::from_le_bytes(bytes[8..].try_into().expect("8 bytes"));
-                if check != !row {
-                    tracing::warn!(plugin, "{} is damaged: the plugin starts from row 0", path.display());
+        let next_row = match std::fs::read(&path) {
+            Ok(bytes) => match decode(&bytes) {
+                Some(row) => row,
+                None => {
+                    tracing::error!(
+                        plugin,
+                        "{} is damaged ({} bytes that do not check): the plugin receives the history again from row 0",
+                        path.display(),
+                        bytes.len()
+                    );
                     0
-                } else {
-                    row
                 }
-            }
-            Err(_) => 0,
+            },
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(error) => return Err(error).with_context(|| format!("cannot read {}", path.display())),
         };
         if next_row > rows {
             tracing::warn!(plugin, "{} says row {next_row}, but the history has {rows} rows", path.display());
         }
-        Ok(Cursor { next_row: next_row.min(rows), file: Some(CursorFile { file, path }) })
+        let file = CursorFile { path, last_sync: Cell::new(None), unsynced: Cell::new(None) };
+        Ok(Cursor { next_row: next_row.min(rows), file: Some(file) })
     }
 }
 
+fn encode(next_row: u64) -> [u8; 16] {
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&next_row.to_le_bytes());
+    bytes[8..].copy_from_slice(&(!next_row).to_le_bytes());
+    bytes
+}
+
+fn decode(bytes: &[u8]) -> Option<u64> {
+    let bytes: [u8; 16] = bytes.try_into().ok()?;
+    let row = u64::from_le_bytes(bytes[..8].try_into().ok()?);
+    let check = u64::from_le_bytes(bytes[8..].try_into().ok()?);
+    (check == !row).then_some(row)
+}
+
 impl CursorFile {
+    /// Replaces the cursor file with `next_row`; synced when the last sync is a second old.
     pub fn store(&self, next_row: u64) {
-        let mut bytes = [0u8; 16];
-        bytes[..8].copy_from_slice(&next_row.to_le_bytes());
-        bytes[8..].copy_from_slice(&(!next_row).to_le_bytes());
-        if let Err(error) = self.file.write_all_at(&bytes, 0) {
-            tracing::error!("cannot write {}: {error}", self.path.display());
+        if self.last_sync.get().is_none_or(|at| at.elapsed() >= SYNC_EVERY) {
+            self.write_synced(next_row);
+            return;
+        }
+        let temporary = self.path.with_extension("cursor.partial");
+        match std::fs::write(&temporary, encode(next_row)).and_then(|()| std::fs::rename(&temporary, &self.path)) {
+            Ok(()) => self.unsynced.set(Some(next_row)),
+            Err(error) => tracing::error!("cannot write {}: {error}", self.path.display()),
         }
     }
 
+    /// Makes the last cursor stored durable.
     pub fn sync(&self) {
-        if let Err(error) = self.file.sync_data() {
-            tracing::error!("cannot sync {}: {error}", self.path.display());
+        if let Some(next_row) = self.unsynced.get() {
+            self.write_synced(next_row);
+        }
+    }
+
+    fn write_synced(&self, next_row: u64) {
+        match crate::history::write_atomically(&self.path, &encode(next_row)) {
+            Ok(()) => {
+                self.last_sync.set(Some(Instant::now()));
+                self.unsynced.set(None);
+            }
+            Err(error) => tracing::error!("{error:#}"),
         }
     }
 }
@@ -91,6 +120,8 @@ mod tests {
         assert_eq!(Cursor::open(dir.path(), "file", 100).unwrap().next_row, 42);
         assert_eq!(Cursor::open(dir.path(), "file", 10).unwrap().next_row, 10);
         std::fs::write(dir.path().join("file.cursor"), [1u8; 16]).unwrap();
+        assert_eq!(Cursor::open(dir.path(), "file", 100).unwrap().next_row, 0);
+        std::fs::write(dir.path().join("file.cursor"), [1u8; 3]).unwrap();
         assert_eq!(Cursor::open(dir.path(), "file", 100).unwrap().next_row, 0);
     }
 }

@@ -65,10 +65,7 @@ impl PluginSet {
             .collect();
         let secrets = Secrets::resolve(secret_names.iter().map(String::as_str), &config.secrets);
         let transport = Transport::network()?;
-        let (cursors_dir, rows) = {
-            let history = history.read().expect("history lock");
-            (history.dir().map(|dir| dir.join("cursors")), history.row_count())
-        };
+        let (cursors_dir, rows) = (history.dir().map(|dir| dir.join("cursors")), history.snapshot().row_count());
         let mut set = PluginSet { runners: Vec::new(), failed, listen: Vec::new() };
         for mut manifest in manifests {
             let overrides = config.plugins.get(&manifest.name).cloned().unwrap_or_default();
@@ -150,7 +147,7 @@ pub fn plugin_env(config: &HostConfig, history: &SharedHistory, secrets: &Secret
         host_config_json: serde_json::to_string(config).unwrap_or_else(|_| "{}".into()),
         step_series: config.telemetry.step_key.clone(),
         // A resumed run started when its first row arrived.
-        run_started_ms: history.read().expect("history lock").read_timestamps(0, 1).first().copied().unwrap_or_else(crate::ingest::now_ms),
+        run_started_ms: history.snapshot().read_timestamps(0, 1).first().copied().unwrap_or_else(crate::ingest::now_ms),
         denied: Arc::new(AtomicU64::new(0)),
     }
 }
@@ -161,6 +158,7 @@ pub fn runner_options(config: &HostConfig) -> RunnerOptions {
         backoff_first: Duration::from_millis(first),
         backoff_longest: Duration::from_millis(longest),
         max_batch_rows: config.runtime.max_batch_rows,
+        update_interval: config.telemetry.update_interval.max(1),
     }
 }
 

@@ -50,6 +50,8 @@ pub struct RunnerOptions {
     pub backoff_first: Duration,
     pub backoff_longest: Duration,
     pub max_batch_rows: u64,
+    /// Rows that make an update: fewer are delivered only after a pause or at stop.
+    pub update_interval: u64,
 }
 
 /// The host's handle on one plugin's thread.
@@ -255,23 +257,33 @@ impl Worker {
     }
 
     /// Delivers rows and answers requests until the instance is lost (false) or the
-    /// host stops (true).
+    /// host stops (true). Rows go out every `update_interval` rows (or, when fewer wait,
+    /// after `IDLE_UPDATE` without more), however often new rows are announced; after a
+    /// plugin says it is unavailable, nothing is offered before its backoff has passed.
     fn serve(&mut self, instance: &mut Instance) -> bool {
+        let mut retry_at: Option<Instant> = None;
+        let mut flush = false;
         loop {
-            let wait = match self.deliver(instance) {
-                Delivery::UpToDate => None,
-                Delivery::RetryLater => Some(self.backoff()),
-                Delivery::InstanceLost => return false,
-            };
-            let command = match self.commands.recv_timeout(wait.unwrap_or(IDLE_UPDATE)) {
+            if retry_at.is_none_or(|at| Instant::now() >= at) {
+                retry_at = match self.deliver(instance, flush) {
+                    Delivery::UpToDate => None,
+                    Delivery::RetryLater => Some(Instant::now() + self.backoff()),
+                    Delivery::InstanceLost => return false,
+                };
+                flush = false;
+            }
+            let wait = retry_at.map_or(IDLE_UPDATE, |at| at.saturating_duration_since(Instant::now()));
+            let command = match self.commands.recv_timeout(wait) {
                 Ok(command) => command,
-                Err(RecvTimeoutError::Timeout) if wait.is_none() => {
-                    if let Delivery::InstanceLost = self.idle_update(instance) {
+                Err(RecvTimeoutError::Timeout) if retry_at.is_some() => continue,
+                Err(RecvTimeoutError::Timeout) => {
+                    if self.rows_waiting() > 0 {
+                        flush = true;
+                    } else if let Delivery::InstanceLost = self.idle_update(instance) {
                         return false;
                     }
                     continue;
                 }
-                Err(RecvTimeoutError::Timeout) => continue,
                 Err(RecvTimeoutError::Disconnected) => Command::Stop,
             };
             match command {
@@ -297,14 +309,21 @@ impl Worker {
         }
     }
 
-    /// Hands over every row past the cursor, in batches.
-    fn deliver(&mut self, instance: &mut Instance) -> Delivery {
+    /// Committed rows past the cursor.
+    fn rows_waiting(&self) -> u64 {
+        self.env.history.snapshot().row_count().saturating_sub(self.stats.cursor.load(Ordering::Acquire))
+    }
+
+    /// Hands over the rows past the cursor, in batches: all of them when `flush`, else
+    /// only once `update_interval` rows are waiting.
+    fn deliver(&mut self, instance: &mut Instance, flush: bool) -> Delivery {
         self.notified.store(false, Ordering::Release);
         loop {
             let cursor = self.stats.cursor.load(Ordering::Acquire);
             let batch = {
-                let history = self.env.history.read().expect("history lock");
-                if cursor >= history.row_count() {
+                let history = self.env.history.snapshot();
+                let waiting = history.row_count().saturating_sub(cursor);
+                if waiting == 0 || (!flush && waiting < self.options.update_interval) {
                     return Delivery::UpToDate;
                 }
                 history.batch(cursor, self.options.max_batch_rows)
@@ -355,7 +374,7 @@ impl Worker {
         let batch = RowBatch {
             first_row: self.stats.cursor.load(Ordering::Acquire),
             timestamps_ms: Vec::new(),
-            columns: vec![Vec::new(); self.env.history.read().expect("history lock").series_names().len()],
+            columns: vec![Vec::new(); self.env.history.snapshot().series_names().len()],
         };
         match self.timed(|| instance.update(batch)) {
             Ok(()) | Err(CallFailure::Plugin(_)) => Delivery::UpToDate,
@@ -369,7 +388,7 @@ impl Worker {
     /// The host is stopping: deliver what is left (a few attempts), then `stop`.
     fn finish(&mut self, instance: &mut Instance) {
         for _ in 0..3 {
-            match self.deliver(instance) {
+            match self.deliver(instance, true) {
                 Delivery::UpToDate => break,
                 // Shutting down: short waits, the whole stop must stay bounded.
                 Delivery::RetryLater => std::thread::sleep(self.backoff().min(Duration::from_secs(2))),
@@ -480,7 +499,7 @@ pub(super) fn start_instance(plugin: &LoadedPlugin, env: &PluginEnv, next_row: u
 
 /// What `start` tells an instance of `plugin` whose next row is `next_row`.
 pub(super) fn start_context(plugin: &LoadedPlugin, env: &PluginEnv, next_row: u64) -> StartContext {
-    let history = env.history.read().expect("history lock");
+    let history = env.history.snapshot();
     StartContext {
         plugin_name: plugin.manifest.name.clone(),
         config_json: serde_json::to_string(&plugin.manifest.config).unwrap_or_else(|_| "{}".into()),

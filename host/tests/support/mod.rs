@@ -188,3 +188,41 @@ pub fn file_rows(dir: &Path) -> Vec<(u64, f64)> {
 pub fn sample(id: u64) -> String {
     serde_json::json!({ "ep_reward": id as f64, "ep_steps": 1, "total_steps": id }).to_string()
 }
+
+/// What wrk's `--latency` report says: requests per second, p50, p99 and the count of
+/// answers that were not 2xx or 3xx.
+pub struct WrkReport {
+    pub rate: f64,
+    pub p50: Duration,
+    pub p99: Duration,
+    pub errors: u64,
+}
+
+/// Runs `wrk -t threads -c connections -d seconds --latency -s script url`.
+pub fn wrk(url: &str, script: &Path, threads: usize, connections: usize, seconds: u64) -> WrkReport {
+    let output = Command::new("wrk")
+        .args(["-t", &threads.to_string(), "-c", &connections.to_string(), "-d", &format!("{seconds}s"), "--latency", "-s"])
+        .arg(script)
+        .arg(url)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    let field =
+        |prefix: &str| text.lines().map(str::trim).find_map(|line| line.strip_prefix(prefix)).map(str::trim).unwrap_or("0").to_string();
+    let duration = |value: String| {
+        let (number, unit) = value.split_at(value.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(value.len()));
+        let number: f64 = number.parse().unwrap_or(0.0);
+        Duration::from_secs_f64(match unit {
+            "us" => number / 1e6,
+            "ms" => number / 1e3,
+            "s" => number,
+            _ => 0.0,
+        })
+    };
+    WrkReport {
+        rate: field("Requests/sec:").parse().unwrap_or(0.0),
+        p50: duration(field("50%")),
+        p99: duration(field("99%")),
+        errors: field("Non-2xx or 3xx responses:").parse().unwrap_or(0),
+    }
+}
