@@ -70,7 +70,11 @@ fn creates_the_run_streams_every_row_and_finishes() {
     assert_eq!(run_id.len(), 8);
     assert!(run_id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()), "{run_id}");
     assert_eq!((run.project.as_str(), run.entity.as_str(), run.group.as_deref()), ("p", "e", Some("g")));
-    assert_eq!(run.config["telemetry"]["value"]["update_interval"], json!(5), "the whole host config, in W&B's value form");
+    assert_eq!(
+        run.config["telemetry"]["value"]["update_interval"],
+        json!(5),
+        "the telemetry section of the host config, in W&B's value form"
+    );
     assert_rows(&run, 100);
     let summary: Value = serde_json::from_str(run.summary.as_deref().unwrap()).unwrap();
     assert_eq!(summary["_step"], json!(99));

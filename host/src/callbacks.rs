@@ -27,7 +27,29 @@ struct SaveBest {
 
 pub struct Callbacks {
     save_best: Vec<SaveBest>,
-    publisher: Option<Box<dyn Publish>>,
+    /// Channels to publish on, handed to the publishing thread: the history's writer, which
+    /// runs the callbacks, never waits for Redis.
+    publisher: Option<std::sync::mpsc::Sender<String>>,
+}
+
+/// Publishes an empty message on every channel it receives, in order, on a thread of its
+/// own; ends when the callbacks are dropped.
+fn spawn_publisher(mut publisher: Box<dyn Publish>) -> Option<std::sync::mpsc::Sender<String>> {
+    let (channels, to_publish) = std::sync::mpsc::channel::<String>();
+    let spawned = std::thread::Builder::new().name("callbacks".into()).spawn(move || {
+        for channel in to_publish {
+            if let Err(error) = publisher.publish(&channel, b"") {
+                tracing::warn!(channel = %channel, "cannot publish a new best: {error:#}");
+            }
+        }
+    });
+    match spawned {
+        Ok(_) => Some(channels),
+        Err(error) => {
+            tracing::error!("cannot start the callbacks' publisher: {error}; new bests are only logged");
+            None
+        }
+    }
 }
 
 impl Callbacks {
@@ -46,7 +68,7 @@ impl Callbacks {
                 best: history.maximum(key).unwrap_or(f64::NEG_INFINITY),
             })
             .collect();
-        Callbacks { save_best, publisher }
+        Callbacks { save_best, publisher: publisher.and_then(spawn_publisher) }
     }
 
     /// Runs the callbacks on the update that ended at `last_row`.
@@ -59,10 +81,8 @@ impl Callbacks {
             if value > callback.best {
                 callback.best = value;
                 tracing::info!(key = %callback.key, value, channel = %callback.channel, "new best");
-                if let Some(publisher) = &mut self.publisher
-                    && let Err(error) = publisher.publish(&callback.channel, b"")
-                {
-                    tracing::warn!(channel = %callback.channel, "cannot publish the new best of `{}`: {error:#}", callback.key);
+                if let Some(publisher) = &self.publisher {
+                    let _ = publisher.send(callback.channel.clone());
                 }
             }
         }

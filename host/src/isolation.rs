@@ -108,10 +108,11 @@ impl IsolatedPlugin {
             secrets: options.secrets,
             transport,
             log_capture: Some(logs.clone()),
-            host_config_json: serde_json::to_string(&options.host_config)?,
+            host_config_json: options.host_config.plugin_view_json(),
             step_series: options.host_config.telemetry.step_key.clone(),
             run_started_ms: crate::ingest::now_ms(),
             denied: Arc::new(AtomicU64::new(0)),
+            log_budget: Arc::default(),
         };
         Ok(IsolatedPlugin {
             plugin,

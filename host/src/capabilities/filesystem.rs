@@ -1,5 +1,6 @@
 //! The filesystem a plugin sees: WASI p2 with its granted data directory preopened as
-//! `/data` and nothing else: no environment, no arguments, no sockets, no stdin.
+//! `/data` and nothing else: no environment, no arguments, no sockets, no stdin; stderr
+//! through the host's logger (`stderr`).
 
 use std::path::{Path, PathBuf};
 
@@ -22,11 +23,12 @@ pub fn prepare_data_dir(grant: &DataDirGrant, data_root: &Path) -> Result<PathBu
 }
 
 /// The WASI context of one plugin instance.
-pub fn wasi_context(data_dir: Option<(&Path, Access)>) -> Result<WasiCtx> {
+/// The plugin's stderr goes to `stderr` (the host's logger), never to the host's own.
+pub fn wasi_context(data_dir: Option<(&Path, Access)>, stderr: super::stderr::PluginStderr) -> Result<WasiCtx> {
     let mut builder = WasiCtx::builder();
     builder.allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false);
     // Plugin calls run on their own threads: file I/O may block there.
-    builder.inherit_stderr().allow_blocking_current_thread(true);
+    builder.stderr(stderr).allow_blocking_current_thread(true);
     if let Some((path, access)) = data_dir {
         let perms = match access {
             Access::ReadOnly => FsPerms::ReadOnly,

@@ -170,18 +170,65 @@ async fn forward(State(state): State<Routes>, request: axum::extract::Request) -
             );
         }
     };
-    let status = StatusCode::from_u16(response.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    plugin_response(&route.endpoint.plugin, response)
+}
+
+/// Headers of a plugin's answer that the host owns: the framing of the connection.
+const HOST_OWNED_HEADERS: [&str; 8] =
+    ["content-length", "transfer-encoding", "connection", "keep-alive", "upgrade", "te", "trailer", "proxy-connection"];
+/// Largest answer the host sends for a plugin.
+pub const MAX_PLUGIN_RESPONSE_BYTES: usize = 64 << 20;
+
+/// A plugin's answer as the host sends it: the host frames it (a plugin's own
+/// `content-length` or `connection` could desynchronise a keep-alive connection and make
+/// the next client read a forged answer), its status must be 100-599 and not 1xx, and
+/// its size is capped.
+fn plugin_response(plugin: &str, response: crate::bindings::http_types::Response) -> Response {
+    let bad = |message: String| error_response(StatusCode::BAD_GATEWAY, "bad_plugin_response", format!("plugin `{plugin}` {message}"));
+    let status = match StatusCode::from_u16(response.status) {
+        Ok(status) if (200..600).contains(&status.as_u16()) => status,
+        _ => return bad(format!("answered status {}, which is not a final HTTP status (200-599)", response.status)),
+    };
+    if response.body.len() > MAX_PLUGIN_RESPONSE_BYTES {
+        return bad(format!("answered {} bytes, more than the {MAX_PLUGIN_RESPONSE_BYTES} allowed", response.body.len()));
+    }
     let mut built = Response::builder().status(status);
     for (name, value) in &response.headers {
+        if HOST_OWNED_HEADERS.iter().any(|owned| name.eq_ignore_ascii_case(owned)) {
+            continue;
+        }
         if let (Ok(name), Ok(value)) = (HeaderName::try_from(name.as_str()), HeaderValue::try_from(value.as_str())) {
             built = built.header(name, value);
         }
     }
-    built.body(Body::from(response.body)).unwrap_or_else(|error| {
-        error_response(
-            StatusCode::BAD_GATEWAY,
-            "bad_plugin_response",
-            format!("plugin `{}` answered an invalid response: {error}", route.endpoint.plugin),
-        )
-    })
+    built.body(Body::from(response.body)).unwrap_or_else(|error| bad(format!("answered an invalid response: {error}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_host_owns_the_framing_of_a_plugin_answer() {
+        let answer = crate::bindings::http_types::Response {
+            status: 200,
+            headers: vec![
+                ("Content-Length".into(), "3".into()),
+                ("connection".into(), "keep-alive".into()),
+                ("Transfer-Encoding".into(), "chunked".into()),
+                ("x-kept".into(), "yes".into()),
+            ],
+            body: b"a longer body than three bytes".to_vec(),
+        };
+        let response = plugin_response("p", answer);
+        assert_eq!(response.status(), 200);
+        let headers = response.headers();
+        assert!(headers.get("transfer-encoding").is_none() && headers.get("connection").is_none());
+        assert_eq!(headers.get("x-kept").unwrap(), "yes");
+        assert!(headers.get("content-length").is_none_or(|length| length == "30"));
+        for status in [101, 99, 600] {
+            let answer = crate::bindings::http_types::Response { status, headers: Vec::new(), body: Vec::new() };
+            assert_eq!(plugin_response("p", answer).status(), 502, "{status}");
+        }
+    }
 }

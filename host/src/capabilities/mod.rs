@@ -7,3 +7,4 @@ pub mod http_server;
 pub mod log;
 pub mod outgoing_http;
 pub mod secrets;
+pub mod stderr;

@@ -38,6 +38,15 @@ pub struct HostConfig {
     pub plugins: BTreeMap<String, PluginOverride>,
 }
 
+impl HostConfig {
+    /// What every plugin is told of the host configuration (`host-config-json`): the
+    /// `telemetry` section and nothing else. Other plugins' configurations, the ingest
+    /// token, Redis URLs and secret sources stay with the host.
+    pub fn plugin_view_json(&self) -> String {
+        serde_json::json!({ "telemetry": self.telemetry }).to_string()
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TelemetryConfig {
@@ -260,11 +269,19 @@ mod tests {
     }
 
     #[test]
-    fn the_ingest_token_never_reaches_the_configuration_handed_to_plugins() {
-        let mut config = HostConfig::builtin_default();
-        config.http.ingest_token = Some("s3cret-token".into());
-        let json = serde_json::to_string(&config).unwrap();
-        assert!(!json.contains("s3cret-token"), "{json}");
+    fn plugins_are_told_the_telemetry_section_and_nothing_else() {
+        let text = format!(
+            "{DEFAULT_CONFIG}\n[http]\ningest_token = \"s3cret-token\"\n[redis]\nurl = \"redis://:hunter2@db:6379\"\n\
+             [plugins.wandb.config]\npassword = \"other-plugins-secret\"\n[secrets.key]\nenv = \"MY_SECRET_VAR\"\n"
+        );
+        let config = HostConfig::parse(&text, "c.toml").unwrap();
+        let json = config.plugin_view_json();
+        for hidden in ["s3cret-token", "hunter2", "other-plugins-secret", "MY_SECRET_VAR", "history_dir"] {
+            assert!(!json.contains(hidden), "{hidden} in {json}");
+        }
+        let view: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(view.as_object().unwrap().keys().collect::<Vec<_>>(), ["telemetry"]);
+        assert_eq!(view["telemetry"]["update_interval"], 5);
     }
 
     #[test]

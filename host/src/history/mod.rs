@@ -16,6 +16,7 @@ mod append;
 mod chunk;
 mod lock;
 mod query;
+mod sealer;
 pub mod stats_file;
 mod store;
 mod summaries;

@@ -13,9 +13,10 @@ use std::sync::{Arc, RwLock};
 
 use anyhow::{Context, Result, bail, ensure};
 
-use super::chunk::{self, Access, CHUNK_ROWS, Chunk, ChunkData};
+use super::chunk::{self, Access, CHUNK_ROWS, Chunk};
 use super::lock::FolderLock;
 use super::query::{Schema, Snapshot};
+use super::sealer::{self, Sealer};
 use super::tail::TailWriter;
 use super::wal::{self, LoggedRow, Recovered, Wal};
 
@@ -53,6 +54,9 @@ struct Store {
     dir: PathBuf,
     wal: Wal,
     _lock: FolderLock,
+    sealer: Sealer,
+    /// A chunk written whose log is still to be started.
+    sealed: Option<Chunk>,
     /// Sealing failed (and was logged): retried at every commit, logged again once it works.
     sealing_failed: bool,
 }
@@ -126,7 +130,8 @@ impl History {
         }
         history.committed = history.total_rows();
         history.committed_last_timestamp_ms = history.last_timestamp_ms;
-        history.store = Some(Store { dir: dir.to_path_buf(), wal, _lock: lock, sealing_failed: false });
+        let sealer = Sealer::spawn(dir.to_path_buf(), series)?;
+        history.store = Some(Store { dir: dir.to_path_buf(), wal, _lock: lock, sealer, sealed: None, sealing_failed: false });
         history.seal_full_tails();
         history.publish();
         Ok(history)
@@ -294,49 +299,81 @@ impl History {
         self.published.replace(snapshot);
     }
 
-    /// Seals every full tail into a chunk (durable ones to a file, then a new log holding
-    /// the rest). A failure leaves the rows in the log and the tail, where they are
-    /// served from as before, and is retried at the next commit.
+    /// Seals full tails into chunks. A durable history hands the first full tail to the
+    /// sealer thread and, once its chunk file is written, starts a new log holding the
+    /// rows after it and serves the chunk from its map; until then the rows are served
+    /// from the tail and kept in the log. A failure is logged once and retried at the next
+    /// commit. A history in memory seals at once.
     fn seal_full_tails(&mut self) {
-        while self.tails.first().is_some_and(TailWriter::is_full) {
-            match self.seal_first_tail() {
-                Ok(()) => {
-                    if let Some(store) = &mut self.store
-                        && std::mem::take(&mut store.sealing_failed)
-                    {
-                        tracing::info!("{}: sealing chunks works again", store.dir.display());
-                    }
+        if self.store.is_none() {
+            while self.tails.first().is_some_and(TailWriter::is_full) {
+                let chunk = sealer::encode(&self.tails[0].publish(), self.schema.names.len());
+                self.swap_in(chunk);
+            }
+            return;
+        }
+        self.take_sealed(false);
+        self.hand_over_full_tail();
+    }
+
+    /// Waits for the chunk being sealed, if any, and seals every other full tail too.
+    pub fn wait_for_sealing(&mut self) {
+        while self.store.as_ref().is_some_and(|store| store.sealer.in_flight()) {
+            self.take_sealed(true);
+            self.hand_over_full_tail();
+        }
+    }
+
+    fn hand_over_full_tail(&mut self) {
+        let index = self.chunks.len();
+        let Some(store) = &mut self.store else { return };
+        if store.sealer.in_flight() || store.sealed.is_some() || !self.tails.first().is_some_and(TailWriter::is_full) {
+            return;
+        }
+        store.sealer.submit(index, self.tails[0].publish());
+    }
+
+    fn take_sealed(&mut self, wait: bool) {
+        let Some(store) = &mut self.store else { return };
+        match store.sealer.finished(wait) {
+            Some((_, Ok(chunk))) => store.sealed = Some(chunk),
+            Some((_, Err(error))) => self.sealing_failed(error),
+            None => {}
+        }
+        // A new log starts between commits only: what is pending was appended to this one.
+        let pending = self.has_pending();
+        let Some(store) = &mut self.store else { return };
+        if pending {
+            return;
+        }
+        let Some(chunk) = store.sealed.take() else { return };
+        let rest: Vec<LoggedRow> = self.tails[1..].iter().flat_map(logged_rows).collect();
+        let first_row = self.tails[0].first_row + CHUNK_ROWS as u64;
+        match Wal::create(&store.dir, self.schema.names.len(), first_row, &self.marks, &rest) {
+            Ok(wal) => {
+                store.wal = wal;
+                if std::mem::take(&mut store.sealing_failed) {
+                    tracing::info!("{}: sealing chunks works again", store.dir.display());
                 }
-                Err(error) => {
-                    if let Some(store) = &mut self.store
-                        && !std::mem::replace(&mut store.sealing_failed, true)
-                    {
-                        tracing::error!("{error:#}; the rows stay in the log, sealing is retried at every commit");
-                    }
-                    return;
-                }
+                self.swap_in(chunk);
+            }
+            Err(error) => {
+                store.sealed = Some(chunk);
+                self.sealing_failed(error);
             }
         }
     }
 
-    fn seal_first_tail(&mut self) -> Result<()> {
-        let index = self.chunks.len();
-        let tail = &self.tails[0];
-        let chunk = Chunk::encode(&ChunkData {
-            first_row: tail.first_row,
-            timestamps_ms: tail.timestamps(),
-            columns: (0..self.schema.names.len()).map(|series| (tail.values(series), tail.levels(series))).collect(),
-        });
-        let chunk = match &mut self.store {
-            Some(store) => {
-                let chunk = chunk.persist(&store.dir, &Chunk::file_name(index))?;
-                let rest: Vec<LoggedRow> = self.tails[1..].iter().flat_map(logged_rows).collect();
-                let first_row = self.tails[0].first_row + CHUNK_ROWS as u64;
-                store.wal = Wal::create(&store.dir, self.schema.names.len(), first_row, &self.marks, &rest)?;
-                chunk
-            }
-            None => chunk,
-        };
+    fn sealing_failed(&mut self, error: anyhow::Error) {
+        if let Some(store) = &mut self.store
+            && !std::mem::replace(&mut store.sealing_failed, true)
+        {
+            tracing::error!("{error:#}; the rows stay in the log, sealing is retried at every commit");
+        }
+    }
+
+    /// Serves the first tail's rows from `chunk` from now on.
+    fn swap_in(&mut self, chunk: Chunk) {
         let mut chunks = Vec::with_capacity(self.chunks.len() + 1);
         chunks.extend(self.chunks.iter().cloned());
         chunks.push(Arc::new(chunk));
@@ -345,7 +382,16 @@ impl History {
         if self.tails.is_empty() {
             self.tails.push(TailWriter::new(sealed.first_row + CHUNK_ROWS as u64, self.schema.names.len()));
         }
-        Ok(())
+    }
+}
+
+/// A history closed with a chunk being sealed finishes it first, so the folder is left
+/// with whole chunk files and the log after them.
+impl Drop for History {
+    fn drop(&mut self) {
+        // What was never committed goes, as a crash would take it.
+        self.roll_back();
+        self.wait_for_sealing();
     }
 }
 
@@ -466,6 +512,7 @@ mod tests {
         for history in [&mut durable, &mut in_memory] {
             fill(history, 0..100_000);
             history.commit().unwrap();
+            history.wait_for_sealing();
             assert_eq!(history.chunks.len(), 100_000 / CHUNK_ROWS);
             let batch = history.snapshot().batch(CHUNK_ROWS as u64 - 3, 6);
             assert_eq!(batch.columns[1], (CHUNK_ROWS - 3..CHUNK_ROWS + 3).map(|row| row as f64).collect::<Vec<_>>());
@@ -658,5 +705,27 @@ mod tests {
         let expected: Vec<f64> = (0..10).chain(15..18).map(|row| row as f64).collect();
         assert_eq!(reopened.read_series("row", 0, 100).unwrap(), expected);
         assert_eq!(reopened.mark("source"), None);
+    }
+
+    #[test]
+    fn chunks_sealed_in_the_background_while_commits_go_on_keep_every_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut history = History::open(dir.path(), names()).unwrap();
+        let rows = 3 * CHUNK_ROWS + 123;
+        for start in (0..rows).step_by(1000) {
+            fill(&mut history, start..(start + 1000).min(rows));
+            history.commit().unwrap();
+            // Readers see every committed row whether or not its chunk is sealed yet.
+            let snapshot = history.snapshot();
+            let last = snapshot.row_count() - 1;
+            assert_eq!(snapshot.read_series("row", last, 1).unwrap(), vec![last as f64]);
+        }
+        fill(&mut history, rows..rows + 7);
+        drop(history);
+        let reopened = History::open(dir.path(), names()).unwrap();
+        assert_eq!(reopened.row_count(), rows as u64, "the uncommitted rows are gone, every committed one is there");
+        let values = reopened.snapshot().read_series("row", 0, u64::MAX).unwrap();
+        assert!(values.iter().enumerate().all(|(row, value)| *value == row as f64));
+        assert!(chunk::chunk_path(dir.path(), 2).exists());
     }
 }

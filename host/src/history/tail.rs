@@ -86,10 +86,6 @@ impl TailWriter {
         self.columns[series].values.as_slice()
     }
 
-    pub fn levels(&self, series: usize) -> Vec<&[Block]> {
-        self.columns[series].levels.iter().map(AppendWriter::as_slice).collect()
-    }
-
     /// Every row written so far, for readers.
     pub fn publish(&mut self) -> TailView {
         TailView {

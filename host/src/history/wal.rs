@@ -88,8 +88,14 @@ impl Wal {
         for row in rows {
             wal.append_row(row.row, row.timestamp_ms, &row.values);
         }
-        wal.commit(first_row + rows.len() as u64)?;
-        std::fs::rename(&temporary, &path).with_context(|| format!("cannot rename {} into place", temporary.display()))?;
+        let placed = wal
+            .commit(first_row + rows.len() as u64)
+            .and_then(|()| std::fs::rename(&temporary, &path).with_context(|| format!("cannot rename {} into place", temporary.display())));
+        if let Err(error) = placed {
+            // The old log stays in place; its space is given back.
+            let _ = std::fs::remove_file(&temporary);
+            return Err(error);
+        }
         sync_dir(dir)?;
         wal.path = path;
         Ok(wal)

@@ -65,7 +65,12 @@ pub struct Ingest {
     counters: Arc<IngestCounters>,
     /// Accepted since the last commit (counted when it succeeds).
     pending_accepted: u64,
+    /// When `log_keys` were last logged: at most once a second, however fast updates come.
+    last_progress_log: Option<std::time::Instant>,
 }
+
+/// Shortest time between two progress lines (`log_keys`).
+const PROGRESS_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What happened to one sample.
 #[derive(Debug, PartialEq)]
@@ -96,6 +101,7 @@ impl Ingest {
             field_faults: Vec::new(),
             counters: Arc::default(),
             pending_accepted: 0,
+            last_progress_log: None,
         }
     }
 
@@ -225,10 +231,11 @@ impl Ingest {
         }
     }
 
-    fn log_update(&self, history: &crate::history::Snapshot) {
-        if self.log_keys.is_empty() {
+    fn log_update(&mut self, history: &crate::history::Snapshot) {
+        if self.log_keys.is_empty() || self.last_progress_log.is_some_and(|at| at.elapsed() < PROGRESS_LOG_EVERY) {
             return;
         }
+        self.last_progress_log = Some(std::time::Instant::now());
         let last = history.row_count().saturating_sub(1);
         let names = history.series_names();
         let fields: Vec<String> = self

@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use wasmtime::component::ResourceTable;
-use wasmtime::{Store, StoreLimits, StoreLimitsBuilder, Trap, UpdateDeadline};
+use wasmtime::{Store, Trap, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+use super::limiter::PluginLimiter;
 use super::loader::{EPOCH_TICK, LoadedPlugin, PooledHandler};
 use crate::bindings::connector_async::exports::telemetry::connector as exports_async;
 use crate::bindings::http_types::{Request, Response};
@@ -26,7 +27,7 @@ use crate::history::{RowBatch, SharedHistory};
 pub struct PluginState {
     wasi: WasiCtx,
     table: ResourceTable,
-    limits: StoreLimits,
+    limits: PluginLimiter,
     pub log: PluginLog,
     pub history: HistoryReader,
     pub outgoing: OutgoingHttp,
@@ -51,6 +52,8 @@ pub struct PluginEnv {
     pub run_started_ms: i64,
     /// Shared by all instances of the plugin: outgoing requests refused.
     pub denied: Arc<AtomicU64>,
+    /// The plugin's allowance of log lines, shared by its instances.
+    pub log_budget: Arc<crate::capabilities::log::LogBudget>,
 }
 
 /// Why a call did not return normally.
@@ -225,18 +228,20 @@ fn call_outcome(result: wasmtime::Result<Result<(), ConnectorError>>, call_timeo
 fn new_store(plugin: &LoadedPlugin, env: &PluginEnv) -> Result<Store<PluginState>, CallFailure> {
     let manifest = &plugin.manifest;
     let data_dir = plugin.data_dir.as_deref().zip(manifest.grants.data_dir.as_ref().map(|grant| grant.access));
-    let wasi = crate::capabilities::filesystem::wasi_context(data_dir).map_err(|error| CallFailure::Trapped(format!("{error:#}")))?;
     let memory_bytes = usize::try_from(manifest.limits.memory_mb.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
     let log = match &env.log_capture {
-        Some(capture) => PluginLog::captured(&manifest.name, capture.clone()),
-        None => PluginLog::to_tracing(&manifest.name),
+        Some(capture) => PluginLog::captured(&manifest.name, capture.clone(), env.log_budget.clone()),
+        None => PluginLog::to_tracing(&manifest.name, env.log_budget.clone()),
     };
+    let stderr = crate::capabilities::stderr::PluginStderr::new(log.clone());
+    let wasi =
+        crate::capabilities::filesystem::wasi_context(data_dir, stderr).map_err(|error| CallFailure::Trapped(format!("{error:#}")))?;
     let mut outgoing = OutgoingHttp::new(&manifest.name, manifest.grants.outbound.clone(), env.secrets.clone(), env.transport.clone());
     outgoing.denied = env.denied.clone();
     let state = PluginState {
         wasi,
         table: ResourceTable::new(),
-        limits: StoreLimitsBuilder::new().memory_size(memory_bytes).trap_on_grow_failure(true).build(),
+        limits: PluginLimiter::new(memory_bytes),
         log,
         history: HistoryReader::new(env.history.clone()),
         outgoing,
@@ -269,7 +274,9 @@ fn trap_reason(error: wasmtime::Error, call_timeout: Duration, memory_mb: u64) -
         let text = format!("{error:#}");
         let reason = match error.downcast_ref::<Trap>() {
             Some(Trap::Interrupt) => format!("exceeded its call time limit of {} ms", call_timeout.as_millis()),
-            _ if text.contains("growing memory") => format!("ran out of memory (limit {memory_mb} MiB)"),
+            _ if text.contains("past the plugin's limit") => {
+                format!("ran out of memory (limit {memory_mb} MiB) counting all its memories and tables")
+            }
             Some(Trap::UnreachableCodeReached) => {
                 format!("trapped: unreachable code, usually a panic or abort in the plugin ({})", first_line(&text))
             }

@@ -42,7 +42,8 @@ pub struct Grants {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataDirGrant {
-    /// Relative paths resolve against the host's `runtime.data_dir`.
+    /// Resolves against the host's `runtime.data_dir`: relative, without `..`, so one
+    /// plugin's folder never reaches the history, the cache or another plugin's folder.
     pub path: PathBuf,
     #[serde(default)]
     pub access: Access,
@@ -153,11 +154,63 @@ impl Manifest {
                 }
             }
         }
+        if let Some(grant) = &self.grants.data_dir {
+            use std::path::Component;
+            let plain = grant.path.components().all(|part| matches!(part, Component::Normal(_) | Component::CurDir));
+            anyhow::ensure!(
+                plain && grant.path.components().any(|part| matches!(part, Component::Normal(_))),
+                "grants.data_dir.path `{}` must be a relative folder without `..` (it resolves inside runtime.data_dir)",
+                grant.path.display()
+            );
+        }
+        if let Some(prefix) = self.grants.listen.as_ref().and_then(|listen| listen.prefix.as_deref()) {
+            let shadowed = HOST_ROUTES.iter().find(|route| route.starts_with(prefix) || prefix.starts_with(*route));
+            anyhow::ensure!(
+                shadowed.is_none(),
+                "grants.listen.prefix `{prefix}` would shadow the host's own route {}",
+                shadowed.unwrap_or(&"")
+            );
+        }
         for grant in &self.grants.outbound {
             grant.check()?;
         }
         Ok(())
     }
+}
+
+/// The host's own routes on its HTTP server, which no plugin prefix may cover.
+const HOST_ROUTES: [&str; 2] = ["/v1", "/metrics"];
+
+/// Refuses manifests that claim a name or a listen prefix another one claimed first (in
+/// folder order), naming both folders: two plugins of one name would share a cursor.
+fn refuse_duplicates(manifests: Vec<Result<Manifest>>) -> Vec<Result<Manifest>> {
+    let mut names: Vec<(String, PathBuf)> = Vec::new();
+    let mut prefixes: Vec<(String, PathBuf)> = Vec::new();
+    manifests
+        .into_iter()
+        .map(|manifest| {
+            let manifest = manifest?;
+            if let Some((_, first)) = names.iter().find(|(name, _)| *name == manifest.name) {
+                bail!(
+                    "{}: the plugin name `{}` is already taken by {}; rename one of them",
+                    manifest.source.display(),
+                    manifest.name,
+                    first.display()
+                );
+            }
+            let prefix = manifest.grants.listen.as_ref().and_then(|listen| listen.prefix.clone());
+            if let Some(prefix) = &prefix
+                && let Some((_, first)) = prefixes.iter().find(|(taken, _)| taken == prefix)
+            {
+                bail!("{}: grants.listen.prefix `{prefix}` is already granted to {}", manifest.source.display(), first.display());
+            }
+            names.push((manifest.name.clone(), manifest.source.clone()));
+            if let Some(prefix) = prefix {
+                prefixes.push((prefix, manifest.source.clone()));
+            }
+            Ok(manifest)
+        })
+        .collect()
 }
 
 /// The manifests of every plugin folder in `dir` (`dir/*/plugin.toml`), sorted by folder
@@ -167,7 +220,7 @@ pub fn discover(dir: &Path) -> Result<Vec<Result<Manifest>>> {
     let mut folders: Vec<PathBuf> =
         entries.filter_map(|entry| entry.ok().map(|entry| entry.path())).filter(|path| path.join(MANIFEST_FILE).is_file()).collect();
     folders.sort();
-    Ok(folders.iter().map(|folder| Manifest::load(&folder.join(MANIFEST_FILE))).collect())
+    Ok(refuse_duplicates(folders.iter().map(|folder| Manifest::load(&folder.join(MANIFEST_FILE))).collect()))
 }
 
 #[cfg(test)]
@@ -209,5 +262,29 @@ mod tests {
             .unwrap_err();
         let text = format!("{error:#}");
         assert!(text.contains("r/plugin.toml") && text.contains("limits.http_instances must be between 1 and 64"), "{text}");
+        for path in ["../history", "/etc", "a/../../b", "."] {
+            let text = format!("name = \"x\"\ncomponent = \"x.wasm\"\n[grants]\ndata_dir = {{ path = {path:?} }}\n");
+            let error = format!("{:#}", Manifest::parse(&text, Path::new("s/plugin.toml")).unwrap_err());
+            assert!(error.contains("must be a relative folder without `..`"), "{path}: {error}");
+        }
+        let error =
+            Manifest::parse("name = \"x\"\ncomponent = \"x.wasm\"\n[grants]\nlisten = { prefix = \"/v1\" }\n", Path::new("t/plugin.toml"));
+        assert!(format!("{:#}", error.unwrap_err()).contains("would shadow the host's own route /v1"));
+    }
+
+    #[test]
+    fn two_folders_claiming_one_name_or_prefix_are_refused_naming_both() {
+        let dir = tempfile::tempdir().unwrap();
+        for (folder, name) in [("a", "same"), ("b", "same"), ("c", "other")] {
+            std::fs::create_dir_all(dir.path().join(folder)).unwrap();
+            let text = format!("name = {name:?}\ncomponent = \"x.wasm\"\n[grants]\nlisten = {{ prefix = \"/p\" }}\n");
+            std::fs::write(dir.path().join(folder).join(MANIFEST_FILE), text).unwrap();
+        }
+        let found = discover(dir.path()).unwrap();
+        assert!(found[0].is_ok());
+        let second = format!("{:#}", found[1].as_ref().unwrap_err());
+        assert!(second.contains("b/plugin.toml") && second.contains("already taken by") && second.contains("a/plugin.toml"), "{second}");
+        let third = format!("{:#}", found[2].as_ref().unwrap_err());
+        assert!(third.contains("`/p` is already granted to"), "{third}");
     }
 }

@@ -5,6 +5,7 @@ pub mod cache;
 pub mod cursor;
 pub mod handler_pool;
 pub mod instance;
+pub mod limiter;
 pub mod loader;
 pub mod manifest;
 pub mod runner;
@@ -144,11 +145,12 @@ pub fn plugin_env(config: &HostConfig, history: &SharedHistory, secrets: &Secret
         secrets: secrets.clone(),
         transport: transport.clone(),
         log_capture: None,
-        host_config_json: serde_json::to_string(config).unwrap_or_else(|_| "{}".into()),
+        host_config_json: config.plugin_view_json(),
         step_series: config.telemetry.step_key.clone(),
         // A resumed run started when its first row arrived.
         run_started_ms: history.snapshot().read_timestamps(0, 1).first().copied().unwrap_or_else(crate::ingest::now_ms),
         denied: Arc::new(AtomicU64::new(0)),
+        log_budget: Arc::default(),
     }
 }
 

@@ -41,6 +41,8 @@ pub struct PluginStats {
     pub traps: AtomicU64,
     pub restarts: AtomicU64,
     pub denied: Arc<AtomicU64>,
+    /// The plugin's log lines over its allowance, dropped.
+    pub log_budget: Arc<crate::capabilities::log::LogBudget>,
     /// The last failure, as logged.
     pub last_failure: Mutex<Option<String>>,
 }
@@ -113,7 +115,12 @@ impl PluginRunner {
     pub fn spawn(plugin: LoadedPlugin, env: PluginEnv, cursor: Cursor, options: RunnerOptions) -> std::io::Result<PluginRunner> {
         let (sender, receiver) = channel();
         let notified = Arc::new(AtomicBool::new(false));
-        let stats = Arc::new(PluginStats { cursor: AtomicU64::new(cursor.next_row), denied: env.denied.clone(), ..PluginStats::default() });
+        let stats = Arc::new(PluginStats {
+            cursor: AtomicU64::new(cursor.next_row),
+            denied: env.denied.clone(),
+            log_budget: env.log_budget.clone(),
+            ..PluginStats::default()
+        });
         let name = plugin.manifest.name.clone();
         let pool = HandlerPool::of(&plugin, &env, &stats, options.backoff_first).map(Arc::new);
         let mut worker = Worker {
