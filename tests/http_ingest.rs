@@ -24,6 +24,10 @@ struct Endpoint {
 }
 
 fn endpoint(token: Option<&str>) -> Endpoint {
+    endpoint_with(token, 64 * 1024)
+}
+
+fn endpoint_with(token: Option<&str>, max_body_bytes: usize) -> Endpoint {
     let config = HostConfig::builtin_default();
     let ingest = Ingest::new(&config.telemetry, History::new(series_names(&config.telemetry.transforms)), Callbacks::none());
     let history = ingest.shared();
@@ -36,9 +40,9 @@ fn endpoint(token: Option<&str>) -> Endpoint {
         }),
     )
     .unwrap();
-    let samples = router(SampleEndpoint { committer, token: token.map(String::from), max_body_bytes: 64 * 1024 });
+    let samples = router(SampleEndpoint { committer, token: token.map(String::from), max_body_bytes });
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let servers = runtime.block_on(serve("127.0.0.1:0", Vec::new(), 1 << 20, Some(samples))).unwrap();
+    let servers = runtime.block_on(serve("127.0.0.1:0", Vec::new(), max_body_bytes, Some(samples))).unwrap();
     let url = format!("http://{}/v1/samples", servers[0].address);
     Endpoint { history, updates, url, runtime, servers, _writer: writer }
 }
@@ -142,5 +146,28 @@ fn bodies_over_the_limit_and_missing_tokens_are_refused() {
     let bad = "{oops\n".repeat(5000);
     let (status, answer) = endpoint.post(bad, Some("t0ken"));
     assert_eq!((status, answer["refused"].as_array().unwrap().len(), &answer["refused_count"]), (400, 100, &json!(5000)));
+    endpoint.shutdown();
+}
+
+#[test]
+fn big_bodies_are_stored_as_they_are_parsed_with_the_same_answers() {
+    let endpoint = endpoint_with(None, 16 << 20);
+    let mut samples: Vec<Value> = (0..20_000).map(|index| sample(index as f64)).collect();
+    samples[12_345] = json!("not an object");
+    let (status, answer) = endpoint.post(Value::Array(samples).to_string(), None);
+    assert_eq!((status, &answer["accepted"], &answer["refused"][0]["at"]), (400, &json!(19_999), &json!({ "index": 12_345 })));
+    let mut lines: Vec<String> = (0..20_000).map(|index| sample(index as f64).to_string()).collect();
+    lines[776] = "{oops".into();
+    let (status, answer) = endpoint.post(lines.join("\n"), None);
+    assert_eq!((status, &answer["accepted"], &answer["refused"][0]["at"]), (400, &json!(19_999), &json!({ "line": 777 })));
+    assert_eq!(endpoint.rows(), 39_998);
+    // A big array that is not valid JSON stores nothing of it.
+    let mut broken = Value::Array((0..20_000).map(|index| sample(index as f64)).collect()).to_string();
+    broken.truncate(broken.len() - 10);
+    let (status, answer) = endpoint.post(broken, None);
+    assert_eq!((status, answer["error"]["code"].as_str()), (400, Some("invalid_json")));
+    assert_eq!(endpoint.rows(), 39_998);
+    let rewards = endpoint.rewards();
+    assert_eq!(rewards[..12_345], (0..12_345).map(f64::from).collect::<Vec<_>>()[..], "stored in the body's order");
     endpoint.shutdown();
 }

@@ -1,7 +1,7 @@
 //! Sealing off the commit path: a full tail is encoded, written and synced as a chunk
 //! file on a thread of its own, so a commit never waits for a chunk's megabytes to reach
-//! the disk. The writer hands over one full tail at a time (a published view: the rows
-//! are immutable) and takes the mapped chunk back when it is ready.
+//! the disk. The writer hands over full tails as they fill (published views: the rows
+//! are immutable) and takes the mapped chunks back, in order, when they are ready.
 
 use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, Sender, TryRecvError, channel};
@@ -14,7 +14,8 @@ use super::tail::TailView;
 pub struct Sealer {
     requests: Sender<(usize, TailView)>,
     done: Receiver<(usize, Result<Chunk>)>,
-    in_flight: Option<usize>,
+    /// Chunks handed over and not yet back, by index.
+    in_flight: usize,
 }
 
 impl Sealer {
@@ -29,26 +30,28 @@ impl Sealer {
                 }
             }
         })?;
-        Ok(Sealer { requests, done, in_flight: None })
+        Ok(Sealer { requests, done, in_flight: 0 })
     }
 
-    pub fn in_flight(&self) -> bool {
-        self.in_flight.is_some()
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
     }
 
-    /// Hands over the full tail that becomes chunk `index`.
+    /// Hands over the full tail that becomes chunk `index`; chunks come back in order.
     pub fn submit(&mut self, index: usize, tail: TailView) {
         if self.requests.send((index, tail)).is_ok() {
-            self.in_flight = Some(index);
+            self.in_flight += 1;
         }
     }
 
-    /// The chunk handed over last, once written (`wait`: until then).
+    /// The next chunk back, if one is written (`wait`: until one is, if any is in flight).
     pub fn finished(&mut self, wait: bool) -> Option<(usize, Result<Chunk>)> {
-        self.in_flight?;
+        if self.in_flight == 0 {
+            return None;
+        }
         let result = if wait { self.done.recv().ok() } else { self.done.try_recv().map_err(|_: TryRecvError| ()).ok() };
         if result.is_some() {
-            self.in_flight = None;
+            self.in_flight -= 1;
         }
         result
     }

@@ -21,6 +21,8 @@ use super::tail::TailWriter;
 use super::wal::{self, LoggedRow, Recovered, Wal};
 
 const SERIES_FILE: &str = "series.json";
+/// Full tails waiting to be sealed before the writer waits for the sealer.
+const MAX_SEALING_BACKLOG: usize = 4;
 
 /// Where the writer publishes snapshots and readers take them.
 pub struct Published {
@@ -55,8 +57,12 @@ struct Store {
     wal: Wal,
     _lock: FolderLock,
     sealer: Sealer,
-    /// A chunk written whose log is still to be started.
-    sealed: Option<Chunk>,
+    /// The next chunk index to hand to the sealer.
+    next_to_seal: usize,
+    /// Chunks written, not yet served (they wait for the ones before them).
+    sealed: BTreeMap<usize, Chunk>,
+    /// The log still starts before the last sealed chunk's end: a new one is due.
+    log_behind: bool,
     /// Sealing failed (and was logged): retried at every commit, logged again once it works.
     sealing_failed: bool,
 }
@@ -131,7 +137,17 @@ impl History {
         history.committed = history.total_rows();
         history.committed_last_timestamp_ms = history.last_timestamp_ms;
         let sealer = Sealer::spawn(dir.to_path_buf(), series)?;
-        history.store = Some(Store { dir: dir.to_path_buf(), wal, _lock: lock, sealer, sealed: None, sealing_failed: false });
+        let next_to_seal = history.chunks.len();
+        history.store = Some(Store {
+            dir: dir.to_path_buf(),
+            wal,
+            _lock: lock,
+            sealer,
+            next_to_seal,
+            sealed: BTreeMap::new(),
+            log_behind: false,
+            sealing_failed: false,
+        });
         history.seal_full_tails();
         history.publish();
         Ok(history)
@@ -299,11 +315,12 @@ impl History {
         self.published.replace(snapshot);
     }
 
-    /// Seals full tails into chunks. A durable history hands the first full tail to the
-    /// sealer thread and, once its chunk file is written, starts a new log holding the
-    /// rows after it and serves the chunk from its map; until then the rows are served
-    /// from the tail and kept in the log. A failure is logged once and retried at the next
-    /// commit. A history in memory seals at once.
+    /// Seals full tails into chunks. A durable history hands every full tail to the
+    /// sealer thread and, as their chunk files are written, serves them from their maps and
+    /// starts a new log holding the rows after them; until then the rows are served from
+    /// the tails and kept in the log. The writer waits for the sealer only when it falls
+    /// `MAX_SEALING_BACKLOG` chunks behind (memory stays bounded). A failure is logged once
+    /// and retried at the next commit. A history in memory seals at once.
     fn seal_full_tails(&mut self) {
         if self.store.is_none() {
             while self.tails.first().is_some_and(TailWriter::is_full) {
@@ -312,63 +329,87 @@ impl History {
             }
             return;
         }
-        self.take_sealed(false);
-        self.hand_over_full_tail();
+        self.hand_over_full_tails();
+        let behind = self.tails.iter().filter(|tail| tail.is_full()).count() > MAX_SEALING_BACKLOG;
+        self.take_sealed(behind);
     }
 
-    /// Waits for the chunk being sealed, if any, and seals every other full tail too.
+    /// Waits until every full tail is sealed and served from its chunk.
     pub fn wait_for_sealing(&mut self) {
-        while self.store.as_ref().is_some_and(|store| store.sealer.in_flight()) {
+        self.hand_over_full_tails();
+        while self.store.as_ref().is_some_and(|store| store.sealer.in_flight() > 0) {
             self.take_sealed(true);
-            self.hand_over_full_tail();
+            self.hand_over_full_tails();
         }
     }
 
-    fn hand_over_full_tail(&mut self) {
-        let index = self.chunks.len();
+    fn hand_over_full_tails(&mut self) {
+        let sealed = self.chunks.len();
         let Some(store) = &mut self.store else { return };
-        if store.sealer.in_flight() || store.sealed.is_some() || !self.tails.first().is_some_and(TailWriter::is_full) {
-            return;
+        for (offset, tail) in self.tails.iter_mut().enumerate() {
+            let index = sealed + offset;
+            if tail.is_full() && index >= store.next_to_seal {
+                store.sealer.submit(index, tail.publish());
+                store.next_to_seal = index + 1;
+            }
         }
-        store.sealer.submit(index, self.tails[0].publish());
     }
 
+    /// Takes the chunks written (waiting for one when `wait`), serves those next in line
+    /// from their maps, and starts a new log after them.
     fn take_sealed(&mut self, wait: bool) {
         let Some(store) = &mut self.store else { return };
-        match store.sealer.finished(wait) {
-            Some((_, Ok(chunk))) => store.sealed = Some(chunk),
-            Some((_, Err(error))) => self.sealing_failed(error),
-            None => {}
+        let mut wait = wait;
+        while let Some((index, result)) = store.sealer.finished(wait) {
+            wait = false;
+            match result {
+                Ok(chunk) => {
+                    store.sealed.insert(index, chunk);
+                }
+                Err(error) => {
+                    // Handed over again from this one on.
+                    store.next_to_seal = store.next_to_seal.min(index);
+                    if !std::mem::replace(&mut store.sealing_failed, true) {
+                        tracing::error!("{error:#}; the rows stay in the log, sealing is retried at every commit");
+                    }
+                }
+            }
         }
-        // A new log starts between commits only: what is pending was appended to this one.
+        let mut swapped = false;
+        while let Some(chunk) = self.store.as_mut().and_then(|store| store.sealed.remove(&self.chunks.len())) {
+            self.swap_in(chunk);
+            swapped = true;
+        }
+        if swapped && let Some(store) = &mut self.store {
+            store.log_behind = true;
+        }
+        self.restart_log();
+    }
+
+    /// Starts a new log after the sealed chunks (between commits only: what is pending was
+    /// appended to the current one). Until it works the current log, which holds every row
+    /// since its first, stays.
+    fn restart_log(&mut self) {
         let pending = self.has_pending();
+        let first_row = self.sealed_rows();
         let Some(store) = &mut self.store else { return };
-        if pending {
+        if pending || !store.log_behind {
             return;
         }
-        let Some(chunk) = store.sealed.take() else { return };
-        let rest: Vec<LoggedRow> = self.tails[1..].iter().flat_map(logged_rows).collect();
-        let first_row = self.tails[0].first_row + CHUNK_ROWS as u64;
+        let rest: Vec<LoggedRow> = self.tails.iter().flat_map(logged_rows).collect();
         match Wal::create(&store.dir, self.schema.names.len(), first_row, &self.marks, &rest) {
             Ok(wal) => {
                 store.wal = wal;
+                store.log_behind = false;
                 if std::mem::take(&mut store.sealing_failed) {
                     tracing::info!("{}: sealing chunks works again", store.dir.display());
                 }
-                self.swap_in(chunk);
             }
             Err(error) => {
-                store.sealed = Some(chunk);
-                self.sealing_failed(error);
+                if !std::mem::replace(&mut store.sealing_failed, true) {
+                    tracing::error!("{error:#}; the rows stay in the log, sealing is retried at every commit");
+                }
             }
-        }
-    }
-
-    fn sealing_failed(&mut self, error: anyhow::Error) {
-        if let Some(store) = &mut self.store
-            && !std::mem::replace(&mut store.sealing_failed, true)
-        {
-            tracing::error!("{error:#}; the rows stay in the log, sealing is retried at every commit");
         }
     }
 

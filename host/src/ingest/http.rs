@@ -62,47 +62,149 @@ async fn accept(State(endpoint): State<SampleEndpoint>, headers: HeaderMap, body
         }
         Err(rejection) => return error(rejection.status(), "bad_body", &rejection.body_text()),
     };
-    let parsed = if body.len() <= INLINE_PARSE_BYTES {
-        parse_body(&body)
+    let committer = endpoint.committer.clone();
+    let tally = if body.len() <= INLINE_PARSE_BYTES {
+        let items = match parse_body(&body) {
+            Ok(items) => items,
+            Err(problem) => return error(StatusCode::BAD_REQUEST, "invalid_json", problem),
+        };
+        let pending: Vec<_> = jobs(items.into_iter()).map(|job| committer.submit(job)).collect();
+        let mut tally = Tally::default();
+        for job in pending {
+            tally.add(job.wait().await);
+        }
+        tally
     } else {
-        match tokio::task::spawn_blocking(move || parse_body(&body)).await {
-            Ok(parsed) => parsed,
+        match tokio::task::spawn_blocking(move || store_big_body(&committer, &body)).await {
+            Ok(Ok(tally)) => tally,
+            Ok(Err(problem)) => return error(StatusCode::BAD_REQUEST, "invalid_json", problem),
             Err(_) => return error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "parsing the body failed"),
         }
     };
-    let items = match parsed {
-        Ok(items) => items,
-        Err(problem) => return error(StatusCode::BAD_REQUEST, "invalid_json", problem),
+    tally.answer()
+}
+
+/// What became of a body's samples, over all its jobs.
+#[derive(Default)]
+struct Tally {
+    accepted: u64,
+    refused: Vec<Value>,
+    refused_count: usize,
+    failure: Option<String>,
+}
+
+impl Tally {
+    fn add(&mut self, committed: super::writer::Committed) {
+        self.accepted += committed.accepted;
+        self.refused_count += committed.refused.len();
+        let room = MAX_REFUSALS_LISTED.saturating_sub(self.refused.len());
+        self.refused.extend(committed.refused.into_iter().take(room).map(|(at, reason)| json!({ "at": place(&at), "reason": reason })));
+        self.failure = self.failure.take().or(committed.failure);
+    }
+
+    fn answer(self) -> Response {
+        let Tally { accepted, refused, refused_count, failure } = self;
+        if let Some(failure) = failure {
+            let stored = if accepted > 0 { format!(" ({accepted} samples of the body were stored before it)") } else { String::new() };
+            let message = format!("the samples could not be stored{stored}: {failure}");
+            return error(StatusCode::SERVICE_UNAVAILABLE, "storage_failed", &message);
+        }
+        let status = if refused_count == 0 { StatusCode::OK } else { StatusCode::BAD_REQUEST };
+        let message =
+            if refused_count == 0 { format!("{accepted} accepted") } else { format!("{accepted} accepted, {refused_count} refused") };
+        let mut answer = json!({ "accepted": accepted, "refused": refused, "message": message });
+        if refused_count > MAX_REFUSALS_LISTED {
+            answer["refused_count"] = json!(refused_count);
+        }
+        (status, axum::Json(answer)).into_response()
+    }
+}
+
+/// Items cut into jobs of at most `MAX_JOB_SAMPLES`.
+fn jobs(items: impl Iterator<Item = Item>) -> impl Iterator<Item = Job> {
+    let origin: Arc<str> = Arc::from(ORIGIN);
+    let mut items = items.peekable();
+    std::iter::from_fn(move || {
+        items.peek()?;
+        Some(Job { origin: origin.clone(), items: items.by_ref().take(MAX_JOB_SAMPLES).collect(), mark: None })
+    })
+}
+
+const ORIGIN: &str = "POST /v1/samples";
+/// Jobs of one big body in flight at once: its samples are parsed while earlier ones are
+/// committed, and at most this many jobs of parsed samples are held.
+const BIG_BODY_IN_FLIGHT: usize = 4;
+
+/// A big body, parsed as it is stored: array elements and lines become samples a job at a
+/// time, so memory holds a few jobs' samples, not the whole body's. The body is checked
+/// to be valid JSON (when it is JSON) before anything of it is stored.
+fn store_big_body(committer: &Committer, body: &[u8]) -> Result<Tally, &'static str> {
+    let mut tally = Tally::default();
+    let mut in_flight = std::collections::VecDeque::new();
+    let mut batch = Vec::with_capacity(MAX_JOB_SAMPLES);
+    let mut flush = |batch: &mut Vec<Item>, tally: &mut Tally, last: bool| {
+        if !batch.is_empty() {
+            let items = std::mem::replace(batch, Vec::with_capacity(MAX_JOB_SAMPLES));
+            in_flight.extend(jobs(items.into_iter()).map(|job| committer.submit(job)));
+        }
+        while in_flight.len() > if last { 0 } else { BIG_BODY_IN_FLIGHT } {
+            tally.add(in_flight.pop_front().expect("a job in flight").wait_blocking());
+        }
     };
-    let origin: Arc<str> = Arc::from("POST /v1/samples");
-    let mut pending = Vec::new();
-    let mut items = items.into_iter().peekable();
-    while items.peek().is_some() {
-        let job = Job { origin: origin.clone(), items: items.by_ref().take(MAX_JOB_SAMPLES).collect(), mark: None };
-        pending.push(endpoint.committer.submit(job));
+    let is_json = serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok();
+    let trimmed = body.trim_ascii_start();
+    if is_json && trimmed.starts_with(b"[") {
+        let mut index = 0;
+        let mut visit = |sample: Value| {
+            batch.push(Item { at: At::Index(index), sample: Ok(sample) });
+            index += 1;
+            if batch.len() == MAX_JOB_SAMPLES {
+                flush(&mut batch, &mut tally, false);
+            }
+        };
+        let mut deserializer = serde_json::Deserializer::from_slice(body);
+        serde::Deserializer::deserialize_seq(&mut deserializer, Elements(&mut visit)).map_err(|_| "the body is not valid JSON")?;
+    } else if is_json {
+        return Ok({
+            let items = parse_body(body)?;
+            for job in jobs(items.into_iter()) {
+                tally.add(committer.submit(job).wait_blocking());
+            }
+            tally
+        });
+    } else if trimmed.starts_with(b"[") {
+        return Err("the body starts like a JSON array but is not valid JSON");
+    } else {
+        for (index, line) in body.split(|byte| *byte == b'\n').enumerate() {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if !line.iter().all(u8::is_ascii_whitespace) {
+                batch.push(Item { at: At::Line(index + 1), sample: super::parse_line(line) });
+                if batch.len() == MAX_JOB_SAMPLES {
+                    flush(&mut batch, &mut tally, false);
+                }
+            }
+        }
     }
-    let (mut accepted, mut refused, mut refused_count) = (0u64, Vec::new(), 0usize);
-    let mut failure = None;
-    for job in pending {
-        let committed = job.wait().await;
-        accepted += committed.accepted;
-        refused_count += committed.refused.len();
-        let room = MAX_REFUSALS_LISTED.saturating_sub(refused.len());
-        refused.extend(committed.refused.into_iter().take(room).map(|(at, reason)| json!({ "at": place(&at), "reason": reason })));
-        failure = failure.or(committed.failure);
+    flush(&mut batch, &mut tally, true);
+    Ok(tally)
+}
+
+/// Hands each element of a JSON array to a closure as it is parsed.
+struct Elements<'a, F>(&'a mut F);
+
+impl<'de, F: FnMut(Value)> serde::de::Visitor<'de> for Elements<'_, F> {
+    type Value = ();
+
+    fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+        formatter.write_str("a JSON array of samples")
     }
-    if let Some(failure) = failure {
-        let stored = if accepted > 0 { format!(" ({accepted} samples of the body were stored before it)") } else { String::new() };
-        let message = format!("the samples could not be stored{stored}: {failure}");
-        return error(StatusCode::SERVICE_UNAVAILABLE, "storage_failed", &message);
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut elements: A) -> Result<(), A::Error> {
+        while let Some(sample) = elements.next_element::<Value>()? {
+            (self.0)(sample);
+        }
+        Ok(())
     }
-    let status = if refused_count == 0 { StatusCode::OK } else { StatusCode::BAD_REQUEST };
-    let message = if refused_count == 0 { format!("{accepted} accepted") } else { format!("{accepted} accepted, {refused_count} refused") };
-    let mut answer = json!({ "accepted": accepted, "refused": refused, "message": message });
-    if refused_count > MAX_REFUSALS_LISTED {
-        answer["refused_count"] = json!(refused_count);
-    }
-    (status, axum::Json(answer)).into_response()
 }
 
 /// A body as samples: a JSON array, one JSON value, or NDJSON (each line on its own: a

@@ -304,6 +304,21 @@ mod tests {
     }
 
     #[test]
+    fn a_history_with_an_absurd_timer_or_window_resumes_without_a_panic() {
+        let specs = transforms("[[transforms]]\ntype = \"Timer\"\n[[transforms]]\ntype = \"MetricByKey\"\nkey = \"x\"\n");
+        for timer in [1e20, f64::INFINITY, -5.0, f64::NAN] {
+            let mut history = crate::history::History::new(series_names(&specs));
+            history.push_row(0, &[timer, timer, 1.0, 1.0]).unwrap();
+            history.commit().unwrap();
+            let mut builder = RowBuilder::new(specs.clone(), usize::MAX);
+            builder.resume(&history.snapshot());
+            let row = builder.row(&json!({ "x": 3.0 }), &mut Vec::new()).unwrap();
+            assert!(row[0].is_finite() && row[0] >= 0.0, "{timer}: the timer restarts, {row:?}");
+            assert_eq!(row[3], 2.0, "the average of 1 and 3 over a window of usize::MAX");
+        }
+    }
+
+    #[test]
     fn unreadable_values_become_nan_and_are_reported() {
         let specs =
             transforms("[[transforms]]\ntype = \"MetricByKey\"\nkey = \"x\"\n[[transforms]]\ntype = \"MetricByKey\"\nkey = \"y\"\n");
