@@ -11,7 +11,8 @@
 //!    connector has every row.
 //!
 //! The load generator is wrk when it is installed (Debian's `wrk`), else a Rust client in
-//! this process; the bench says which.
+//! this process; the bench says which. `TELEMETRY_HOST_BASELINE=<an older telemetry-host
+//! binary>` measures that build first, in the same run.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -27,9 +28,25 @@ const SECONDS: u64 = 5;
 fn main() {
     let wrk = Command::new("wrk").arg("--version").output().is_ok();
     println!("(load generator: {})", if wrk { "wrk, a separate process" } else { "a Rust client in the bench process (install wrk)" });
-    single_sample_posts(wrk);
-    grafana_while_posting(wrk);
-    ndjson_input();
+    // `TELEMETRY_HOST_BASELINE=<binary>`: the same figures for that build first, in the same run.
+    let mut builds = Vec::new();
+    if let Ok(baseline) = std::env::var("TELEMETRY_HOST_BASELINE") {
+        builds.push((format!("baseline {baseline}"), Some(baseline)));
+    }
+    builds.push(("this build".to_string(), None));
+    for (label, binary) in builds {
+        println!("\n# {label}");
+        // SAFETY: the bench is single-threaded here; the variable is read when a host starts.
+        unsafe {
+            match &binary {
+                Some(binary) => std::env::set_var("TELEMETRY_HOST_BIN", binary),
+                None => std::env::remove_var("TELEMETRY_HOST_BIN"),
+            }
+        }
+        single_sample_posts(wrk);
+        grafana_while_posting(wrk);
+        ndjson_input();
+    }
 }
 
 /// The shipped default configuration with the folders and port of a bench run.

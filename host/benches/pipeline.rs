@@ -84,7 +84,16 @@ fn per_sample_cost() {
         println!("| {size} | {:.0} | {:.0} | {anonymous:.0} MB | {mapped:.0} MB |", per_sample * 1e9, 1.0 / per_sample);
     }
     let disk: u64 = std::fs::read_dir(dir.path()).unwrap().filter_map(|entry| entry.ok()?.metadata().ok()).map(|meta| meta.len()).sum();
-    println!("history on disk at the end: {:.0} MB ({} rows)", disk as f64 / 1e6, ingest.history().row_count());
+    let rows = ingest.history().row_count();
+    println!("history on disk at the end: {:.0} MB ({rows} rows)", disk as f64 / 1e6);
+    drop(ingest);
+    // A restart: open (every chunk mapped and its checksum verified, the log replayed) and
+    // answer a read of the last rows.
+    let _ = std::process::Command::new("sync").status();
+    let started = Instant::now();
+    let reopened = History::open(dir.path(), series_names(&config.telemetry.transforms)).unwrap();
+    let last = reopened.snapshot().read_series("rewards", rows - 10, 10).unwrap();
+    println!("reopened at {rows} rows and read its last rows in {:.0} ms ({} values)", started.elapsed().as_secs_f64() * 1e3, last.len());
 }
 
 /// A plugin folder with the shipped file and grafana connectors and the null fixture.

@@ -1,9 +1,11 @@
-//! Named secrets, read by the host from files or its own environment. Plugins never read
-//! them: the host attaches them to granted outgoing requests.
+//! Named secrets, read by the host from files or its own environment, each granted to the
+//! plugins the host configuration binds it to. Plugins never read them: the host attaches
+//! them to granted outgoing requests.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::Arc;
+
+use anyhow::{Result, bail, ensure};
 
 use crate::config::SecretSource;
 
@@ -20,15 +22,25 @@ impl std::fmt::Debug for Secrets {
 }
 
 impl Secrets {
-    /// Reads every secret `names` lists: from the configured source, or by default from
-    /// `/run/secrets/<name>` then the environment variable `<NAME>` (upper case).
-    pub fn resolve<'a>(names: impl IntoIterator<Item = &'a str>, sources: &BTreeMap<String, SecretSource>) -> Secrets {
+    /// Reads the secrets `plugin`'s manifest names (`names`). Each must be declared in the
+    /// host configuration (`[secrets.<name>]`) and bound to the plugin there (`plugins`):
+    /// a manifest cannot name a file or an environment variable of the host, nor another
+    /// plugin's secret. A declared secret that is not found is said and left out.
+    pub fn resolve<'a>(
+        plugin: &str,
+        names: impl IntoIterator<Item = &'a str>,
+        sources: &BTreeMap<String, SecretSource>,
+    ) -> Result<Secrets> {
         let mut values = BTreeMap::new();
         for name in names {
-            let source = sources.get(name).cloned().unwrap_or_else(|| SecretSource {
-                file: Some(PathBuf::from("/run/secrets").join(name)),
-                env: Some(name.to_ascii_uppercase()),
-            });
+            let plain = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+            ensure!(plain, "secret name `{name}` must be ASCII letters, digits, `_` or `-`");
+            let Some(source) = sources.get(name).filter(|source| source.plugins.iter().any(|bound| bound == plugin)) else {
+                bail!(
+                    "plugin `{plugin}` asks for the secret `{name}`, which the host configuration does not grant it: add \
+                     [secrets.{name}] with file = \"...\" or env = \"...\" and plugins = [\"{plugin}\"]"
+                );
+            };
             let from_file = source.file.as_ref().and_then(|path| std::fs::read_to_string(path).ok());
             let from_env = || source.env.as_ref().and_then(|var| std::env::var(var).ok());
             match from_file.or_else(from_env).map(|value| value.trim().to_string()).filter(|value| !value.is_empty()) {
@@ -43,6 +55,7 @@ impl Secrets {
                         .chain(source.env.iter().map(|var| format!("${var}")))
                         .collect();
                     tracing::warn!(
+                        plugin,
                         secret = name,
                         "secret not found (looked in {}); requests that need it go without it",
                         if places.is_empty() { "nowhere: no file or variable configured".to_string() } else { places.join(" and ") }
@@ -50,7 +63,7 @@ impl Secrets {
                 }
             }
         }
-        Secrets { values: Arc::new(values) }
+        Ok(Secrets { values: Arc::new(values) })
     }
 
     /// Secrets given directly, for tests and the test kit.
@@ -60,5 +73,34 @@ impl Secrets {
 
     pub fn get(&self, name: &str) -> Option<&str> {
         self.values.get(name).map(String::as_str)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sources() -> BTreeMap<String, SecretSource> {
+        let source = |var: &str, plugins: &[&str]| SecretSource {
+            file: None,
+            env: Some(var.into()),
+            plugins: plugins.iter().map(|name| name.to_string()).collect(),
+        };
+        BTreeMap::from([("key".to_string(), source("PATH", &["wandb"])), ("other".to_string(), source("HOME", &["file"]))])
+    }
+
+    #[test]
+    fn a_plugin_gets_only_the_secrets_bound_to_it() {
+        let secrets = Secrets::resolve("wandb", ["key"], &sources()).unwrap();
+        assert_eq!(secrets.get("key"), std::env::var("PATH").ok().as_deref());
+        for (plugin, name, expected) in [
+            ("wandb", "other", "plugin `wandb` asks for the secret `other`, which the host configuration does not grant it"),
+            ("evil", "key", "plugin `evil` asks for the secret `key`"),
+            ("wandb", "AWS_SECRET_ACCESS_KEY", "does not grant it"),
+            ("wandb", "../../etc/shadow", "must be ASCII letters, digits"),
+        ] {
+            let error = Secrets::resolve(plugin, [name], &sources()).err().unwrap().to_string();
+            assert!(error.contains(expected), "{plugin} {name}: {error}");
+        }
     }
 }

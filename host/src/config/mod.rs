@@ -117,6 +117,10 @@ pub struct SecretSource {
     /// An environment variable of the host holding the secret (never passed to plugins).
     #[serde(default)]
     pub env: Option<String>,
+    /// The plugins that may use it (by name); no other plugin can, whatever its manifest
+    /// asks.
+    #[serde(default)]
+    pub plugins: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -58,13 +58,6 @@ impl PluginSet {
         if manifests.is_empty() && failed.is_empty() {
             tracing::warn!("no plugin in {} (expected folders holding a {})", dir.display(), manifest::MANIFEST_FILE);
         }
-        let secret_names: Vec<String> = manifests
-            .iter()
-            .flat_map(|manifest| {
-                manifest.grants.outbound.iter().filter_map(|grant| grant.credential.as_ref().map(|credential| credential.secret.clone()))
-            })
-            .collect();
-        let secrets = Secrets::resolve(secret_names.iter().map(String::as_str), &config.secrets);
         let transport = Transport::network()?;
         let (cursors_dir, rows) = (history.dir().map(|dir| dir.join("cursors")), history.snapshot().row_count());
         let mut set = PluginSet { runners: Vec::new(), failed, listen: Vec::new() };
@@ -76,6 +69,17 @@ impl PluginSet {
             }
             manifest.config.extend(overrides.config);
             let name = manifest.name.clone();
+            let secret_names =
+                manifest.grants.outbound.iter().filter_map(|grant| grant.credential.as_ref().map(|credential| credential.secret.as_str()));
+            let secrets = match Secrets::resolve(&name, secret_names, &config.secrets) {
+                Ok(secrets) => secrets,
+                Err(error) => {
+                    let error = format!("{}: {error:#}", manifest.source.display());
+                    tracing::error!("{error}");
+                    set.failed.push(error);
+                    continue;
+                }
+            };
             match runtime.load(manifest, &config.runtime.data_dir) {
                 Ok(plugin) => {
                     tracing::info!(plugin = %name, origin = ?plugin.origin, "loaded in {:.1} ms", plugin.load_time.as_secs_f64() * 1e3);

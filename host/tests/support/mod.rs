@@ -96,7 +96,9 @@ impl HostProcess {
 
     pub fn start_with_plugins(dir: &Path, port: u16, input: &str, plugins: &Path) -> HostProcess {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("host.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_telemetry-host"))
+        // Benchmarks compare another build side by side through this variable.
+        let binary = std::env::var("TELEMETRY_HOST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_telemetry-host").to_string());
+        let child = Command::new(binary)
             .args(["run", "--config", "telemetry.toml", "--plugins", plugins.to_str().unwrap(), "--input", input, "--wait"])
             .current_dir(dir)
             .env("RUST_LOG", "info,wasmtime=warn,cranelift=warn")
