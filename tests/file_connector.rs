@@ -123,8 +123,11 @@ fn start_error(config: Value) -> String {
 
 #[test]
 fn configuration_errors_say_what_is_wrong() {
-    let error = start_error(json!({ "plot": { "ykeys": ["rewards"] } }));
-    assert!(error.contains("InvalidConfig") && error.contains("`plot.xkey` is missing"), "{error}");
+    // Overrides merge into the manifest's `plot` table key by key, so its `xkey` stays.
+    let error = start_error(json!({ "plot": { "ykeys": [] } }));
+    assert!(error.contains("InvalidConfig") && error.contains("`plot.ykeys` is empty"), "{error}");
+    let error = start_error(json!({ "plot": { "xkey": 5 } }));
+    assert!(error.contains("`plot.xkey` must be a series name"), "{error}");
     let error = start_error(json!({ "plot": { "xkey": "n_env_steps", "ykeys": ["reward"] } }));
     assert!(error.contains("`plot.ykeys` names `reward`, which is not a series; the series are: rewards, rewards_av"), "{error}");
     let error = start_error(json!({ "path": "/home/SoulsAI/saves" }));

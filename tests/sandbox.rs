@@ -100,6 +100,59 @@ fn a_plugin_allocating_without_bound_hits_its_memory_cap() {
     assert!(failure.contains("ran out of memory (limit 32 MiB)"), "{failure}");
 }
 
+#[test]
+fn a_plugin_opening_files_without_bound_runs_out_of_its_own_handles_not_the_hosts() {
+    let manifest = "[grants]\ndata_dir = { path = \"bad\" }\noutbound = [{ url = \"http://127.0.0.1:9\" }]\n[limits]\nhandles = 64\n[config]\nfault = \"open-files\"\n";
+    let mut host = TestHost::start(&[misbehaving(manifest), good()]);
+    let bad = host.stats("bad");
+    feed_and_check_good(&mut host);
+    assert!(bad.traps.load(Ordering::Relaxed) >= 1, "{}", host.log_text("bad"));
+    let failure = bad.last_failure.lock().unwrap().clone().unwrap_or_default();
+    assert!(failure.contains("ran out of handles (limit 64 open files, streams and pollables at once: limits.handles)"), "{failure}");
+}
+
+#[test]
+fn a_response_larger_than_the_plugin_may_receive_is_refused_without_being_read_whole() {
+    // A granted server that streams 1 GiB.
+    let upstream = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let listener = upstream.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let upstream_url = format!("http://{}", listener.local_addr().unwrap());
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = sent.clone();
+    upstream.spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let mut request = [0u8; 4096];
+                let _ = socket.read(&mut request).await;
+                let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", 1u64 << 30);
+                socket.write_all(head.as_bytes()).await?;
+                let chunk = vec![b'x'; 1 << 20];
+                for _ in 0..1024 {
+                    socket.write_all(&chunk).await?;
+                    counter.fetch_add(1 << 20, Ordering::Relaxed);
+                }
+                Ok::<_, std::io::Error>(())
+            });
+        }
+    });
+    let manifest = format!(
+        "[grants]\ndata_dir = {{ path = \"bad\" }}\noutbound = [{{ url = {upstream_url:?} }}]\n[limits]\nmemory_mb = 32\ncall_timeout_ms = 30000\n[config]\nfault = \"fetch\"\nonce = true\nurl = \"{upstream_url}/huge\"\n"
+    );
+    let mut host = TestHost::start(&[misbehaving(&manifest), good()]);
+    feed_and_check_good(&mut host);
+    let log = host.log_text("bad");
+    assert!(
+        log.contains("fetch failed: SendError::Connection(\"the response body is larger than 16777216 bytes, the most this plugin may receive (half its limits.memory_mb); the rest was not read\")"),
+        "{log}"
+    );
+    // Read in pieces and dropped at the limit: the server sent little more than it (what the
+    // socket buffers hold), far from the gigabyte.
+    let streamed = sent.load(Ordering::Relaxed);
+    assert!(streamed < 64 << 20, "the host read {streamed} bytes of a 1 GiB answer");
+}
+
 /// A plugin that traps once in `call` is restarted and then gets every row exactly once.
 fn traps_once_then_recovers(call: &str) {
     let manifest = format!(

@@ -114,8 +114,9 @@ fn cached_loading() {
         let load = median(11, || warm = Some(runtime.load(manifest(), data.path()).unwrap()));
         let warm = warm.unwrap();
         let env = telemetry_host::plugins::plugin_env(&config, &history, &Secrets::default(), &transport);
+        let calls = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let instantiate = median(51, || {
-            std::hint::black_box(Instance::new(&warm, &env).map_err(|failure| failure.to_string()).unwrap());
+            std::hint::black_box(calls.block_on(Instance::new(&warm, &env)).map_err(|failure| failure.to_string()).unwrap());
         });
         println!(
             "| {name} | {:.1} ms | {:.2} ms | {:.1} µs |",

@@ -1,5 +1,5 @@
 //! One plugin alone: a temporary data directory, a recording stand-in for outgoing HTTP,
-//! captured logs, and direct, synchronous calls. `telemetry-host plugin test` and the
+//! captured logs, and direct calls, one at a time. `telemetry-host plugin test` and the
 //! test kit are built on it.
 
 use std::fmt::Write as _;
@@ -62,6 +62,8 @@ pub struct IsolatedPlugin {
     pub history: SharedHistory,
     ingest: Ingest,
     instance: Option<Instance>,
+    /// Where the plugin's calls run, one at a time, as on a runner's thread.
+    calls: tokio::runtime::Runtime,
     cursor: u64,
     data_dir: PathBuf,
     _temp_dir: Option<tempfile::TempDir>,
@@ -77,7 +79,7 @@ impl IsolatedPlugin {
     /// one. A bare component without a manifest gets a data directory and a listen grant.
     pub fn load(path: &Path, options: IsolationOptions) -> Result<IsolatedPlugin> {
         let mut manifest = manifest_beside(path)?;
-        manifest.config.extend(options.plugin_config);
+        crate::plugins::merge_tables(&mut manifest.config, options.plugin_config);
         let (data_dir, temp_dir) = match options.data_dir {
             Some(dir) => (dir, None),
             None => {
@@ -120,6 +122,10 @@ impl IsolatedPlugin {
             history,
             ingest,
             instance: None,
+            calls: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start a runtime for the plugin's calls")?,
             cursor: 0,
             data_dir,
             _temp_dir: temp_dir,
@@ -131,7 +137,7 @@ impl IsolatedPlugin {
 
     /// Instantiates the plugin and calls `start`, from the current cursor.
     pub fn start(&mut self) -> Result<(), CallFailure> {
-        let mut instance = Instance::new(&self.plugin, &self.env)?;
+        let mut instance = self.calls.block_on(Instance::new(&self.plugin, &self.env))?;
         let context = StartContext {
             plugin_name: self.plugin.manifest.name.clone(),
             config_json: serde_json::to_string(&self.plugin.manifest.config).unwrap_or_else(|_| "{}".into()),
@@ -141,7 +147,7 @@ impl IsolatedPlugin {
             next_row: self.cursor,
             run_started_ms: self.env.run_started_ms,
         };
-        instance.start(&context)?;
+        self.calls.block_on(instance.start(&context))?;
         self.instance = Some(instance);
         Ok(())
     }
@@ -179,7 +185,7 @@ impl IsolatedPlugin {
                 return Ok(());
             }
             let rows = batch.timestamps_ms.len() as u64;
-            match instance.update(batch) {
+            match self.calls.block_on(instance.update(batch)) {
                 Ok(()) => self.cursor += rows,
                 Err(failure) => {
                     if let CallFailure::Trapped(_) = failure {
@@ -200,7 +206,7 @@ impl IsolatedPlugin {
     /// Hands `batch` to the plugin as is, without moving the cursor (for benchmarks).
     pub fn update_raw(&mut self, batch: crate::history::RowBatch) -> Result<(), CallFailure> {
         let instance = self.instance.as_mut().ok_or_else(|| CallFailure::Trapped("the plugin is not started".into()))?;
-        instance.update(batch)
+        self.calls.block_on(instance.update(batch))
     }
 
     /// Sends one HTTP request to the plugin's handler.
@@ -221,14 +227,14 @@ impl IsolatedPlugin {
         if !instance.serves_http() {
             return Err(CallFailure::Trapped("the plugin exports no http-handler".into()));
         }
-        instance.handle(request)
+        self.calls.block_on(instance.handle(request))
     }
 
     /// Delivers what is left and calls `stop`.
     pub fn stop(&mut self) -> Result<(), CallFailure> {
         self.deliver()?;
         let mut instance = self.instance.take().ok_or_else(|| CallFailure::Trapped("the plugin is not started".into()))?;
-        instance.stop()
+        self.calls.block_on(instance.stop())
     }
 
     /// Drops the instance without `stop`, as a crash would, and starts a new one from the

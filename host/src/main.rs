@@ -128,7 +128,12 @@ fn run(cli: Cli) -> Result<()> {
             };
             let summary =
                 node::run(NodeOptions { config: load_config(config.as_ref())?, plugins_dir: plugins, input, wait_after_input: wait })?;
-            anyhow::ensure!(summary.failed_plugins.is_empty(), "{} plugin(s) failed to load", summary.failed_plugins.len());
+            anyhow::ensure!(
+                summary.failed_plugins.is_empty(),
+                "{} plugin(s) failed to load or refused their configuration: {}",
+                summary.failed_plugins.len(),
+                summary.failed_plugins.join("; ")
+            );
             Ok(())
         }
         Command::ImportStats { file, config } => {

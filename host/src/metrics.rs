@@ -52,7 +52,7 @@ pub fn render(figures: &HostFigures) -> String {
     family(&mut text, "sample_faults_total", "counter", "Faults by kind; a sample may have several.", &by_kind);
     family(&mut text, "rows_stored", "gauge", "Rows in the history.", &plain(rows as f64));
     type Read = fn(&PluginStats, u64) -> f64;
-    let per_plugin: [(&str, &str, &str, Read); 9] = [
+    let per_plugin: [(&str, &str, &str, Read); 10] = [
         ("plugin_rows_delivered_total", "counter", "Rows each plugin acknowledged.", |stats, _| {
             stats.rows_delivered.load(Ordering::Relaxed) as f64
         }),
@@ -69,6 +69,9 @@ pub fn render(figures: &HostFigures) -> String {
         ("plugin_traps_total", "counter", "Traps (panics, time or memory limits).", |stats, _| stats.traps.load(Ordering::Relaxed) as f64),
         ("plugin_restarts_total", "counter", "Instances replaced after a failure.", |stats, _| {
             stats.restarts.load(Ordering::Relaxed) as f64
+        }),
+        ("plugin_disabled", "gauge", "1 when the plugin refused its configuration and is disabled.", |stats, _| {
+            f64::from(u8::from(stats.disabled.load(Ordering::Acquire)))
         }),
         ("plugin_log_lines_dropped_total", "counter", "Log lines over the plugin's allowance, dropped.", |stats, _| {
             stats.log_budget.dropped.load(Ordering::Relaxed) as f64

@@ -177,10 +177,15 @@ pub fn run(options: NodeOptions) -> Result<RunSummary> {
     }
     drop(writer.stop());
     plugins.notify_all();
+    let plugins_failed = plugins.failed.clone();
     let (accepted, refused) = (counters.accepted.load(Ordering::Relaxed), counters.refused.load(Ordering::Relaxed));
-    let failed_plugins = plugins.failed.clone();
     let stats: Vec<_> = plugins.runners.iter().map(|runner| (runner.name.clone(), runner.stats.clone())).collect();
     plugins.stop_all();
+    // Plugins that failed to load, and those that refused their configuration.
+    let mut failed_plugins = plugins_failed;
+    failed_plugins.extend(stats.iter().filter(|(_, stats)| stats.disabled.load(Ordering::Acquire)).map(|(name, stats)| {
+        format!("plugin `{name}` disabled: {}", stats.last_failure.lock().ok().and_then(|f| f.clone()).unwrap_or_default())
+    }));
     let summary = RunSummary {
         accepted,
         refused,

@@ -151,13 +151,24 @@ pub struct OutgoingHttp {
     /// When the current call into the plugin must end; requests are cut short to keep it.
     pub call_deadline: Option<Instant>,
     pub denied: Arc<AtomicU64>,
+    /// The largest response body read for the plugin: it is read in pieces and refused past
+    /// this, so a huge answer never sits whole in the host.
+    pub max_response_bytes: usize,
 }
 
 impl OutgoingHttp {
     pub fn new(plugin: &str, grants: Vec<OutboundGrant>, secrets: Secrets, transport: Transport) -> OutgoingHttp {
         // Manifests are checked at load, so every pattern parses.
         let grants = grants.into_iter().filter_map(|grant| Some((parse_pattern(&grant.url).ok()?, grant))).collect();
-        OutgoingHttp { plugin: plugin.into(), grants, secrets, transport, call_deadline: None, denied: Arc::default() }
+        OutgoingHttp {
+            plugin: plugin.into(),
+            grants,
+            secrets,
+            transport,
+            call_deadline: None,
+            denied: Arc::default(),
+            max_response_bytes: usize::MAX,
+        }
     }
 
     fn deny(&self, url: &Url) -> SendError {
@@ -205,7 +216,7 @@ impl Host for OutgoingHttp {
             timeout = timeout.min(left);
         }
         match &self.transport {
-            Transport::Network(client) => send_over_network(client, request, url, timeout),
+            Transport::Network(client) => send_over_network(client, request, url, timeout, self.max_response_bytes),
             Transport::Recording { exchanges, responder } => {
                 let response = responder(&request);
                 let mut recorded = request;
@@ -217,7 +228,13 @@ impl Host for OutgoingHttp {
     }
 }
 
-fn send_over_network(client: &reqwest::blocking::Client, request: Request, url: Url, timeout: Duration) -> Result<Response, SendError> {
+fn send_over_network(
+    client: &reqwest::blocking::Client,
+    request: Request,
+    url: Url,
+    timeout: Duration,
+    max_body: usize,
+) -> Result<Response, SendError> {
     if timeout.is_zero() {
         return Err(SendError::Timeout);
     }
@@ -235,18 +252,36 @@ fn send_over_network(client: &reqwest::blocking::Client, request: Request, url: 
             .iter()
             .map(|(name, value)| (name.to_string(), String::from_utf8_lossy(value.as_bytes()).into_owned()))
             .collect();
-        let body = response.bytes().map_err(|error| classify(&error))?.to_vec();
+        let mut body = Vec::new();
+        let mut reader = std::io::Read::take(response, max_body.saturating_add(1) as u64);
+        std::io::Read::read_to_end(&mut reader, &mut body).map_err(|error| classify_read(&error))?;
+        if body.len() > max_body {
+            return Err(SendError::Connection(format!(
+                "the response body is larger than {max_body} bytes, the most this plugin may receive (half its limits.memory_mb); the rest was not read"
+            )));
+        }
         Ok(Response { status, headers, body })
     })
 }
 
-/// Runs `wait`, a wait for the network, so that on a worker of the host's HTTP runtime
-/// (where the handler instances of a pool answer) the tasks queued behind it move to
-/// another worker; reqwest's blocking client also refuses to wait on a runtime's worker.
-fn off_the_async_worker<R>(wait: impl FnOnce() -> R) -> R {
+/// Runs `wait`, a wait for the network, where reqwest's blocking client may wait: on a
+/// worker of the host's HTTP runtime (where the handler instances of a pool answer) the
+/// tasks queued behind it move to another worker; on a plugin's own runtime (every call
+/// runs inside one) it waits on a thread of its own, as blocking is not allowed there.
+fn off_the_async_worker<R: Send>(wait: impl FnOnce() -> R + Send) -> R {
     match tokio::runtime::Handle::try_current() {
         Ok(runtime) if runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(wait),
-        _ => wait(),
+        Ok(_) => std::thread::scope(|scope| scope.spawn(wait).join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))),
+        Err(_) => wait(),
+    }
+}
+
+/// An error reading the body: reqwest's own error (a timeout among them) inside an I/O one.
+fn classify_read(error: &std::io::Error) -> SendError {
+    match error.get_ref().and_then(|inner| inner.downcast_ref::<reqwest::Error>()) {
+        Some(error) => classify(error),
+        None if error.kind() == std::io::ErrorKind::TimedOut => SendError::Timeout,
+        None => SendError::Connection(error.to_string()),
     }
 }
 

@@ -569,7 +569,7 @@ mod tests {
         history.push_row(50, &[1.0]).unwrap();
         history.push_row(40, &[2.0]).unwrap();
         history.commit().unwrap();
-        assert_eq!(history.snapshot().read_timestamps(0, 10), vec![50, 50]);
+        assert_eq!(history.snapshot().read_timestamps(0, 10), vec![50, 51]);
     }
 
     #[test]

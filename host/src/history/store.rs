@@ -203,7 +203,8 @@ impl History {
     }
 
     /// Appends one row, seen by readers from the next `commit`. Timestamps are made
-    /// non-decreasing so that time ranges map to row ranges by binary search.
+    /// strictly increasing: time ranges map to row ranges by binary search, and no two rows
+    /// share a time a panel would join on.
     pub fn push_row(&mut self, timestamp_ms: i64, values: &[f64]) -> Result<()> {
         ensure!(
             values.len() == self.schema.names.len(),
@@ -211,7 +212,8 @@ impl History {
             self.schema.names.len(),
             values.len()
         );
-        let timestamp_ms = timestamp_ms.max(self.last_timestamp_ms);
+        // Strictly increasing (see `rows.timestamps-ms` in the WIT): Grafana joins series on time.
+        let timestamp_ms = timestamp_ms.max(self.last_timestamp_ms.saturating_add(1));
         let row = self.total_rows();
         if let Some(store) = &mut self.store {
             store.wal.append_row(row, timestamp_ms, values);
@@ -570,6 +572,25 @@ mod tests {
             durable.snapshot().downsample("x", Span::All, 1000).unwrap().rows,
             in_memory.snapshot().downsample("x", Span::All, 1000).unwrap().rows
         );
+    }
+
+    #[test]
+    fn rows_of_one_millisecond_get_strictly_increasing_timestamps_also_across_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut history = History::open(dir.path(), vec!["x".into()]).unwrap();
+        // A burst: 400 rows accepted within the same millisecond, then one from the past.
+        for _ in 0..400 {
+            history.push_row(1_000, &[1.0]).unwrap();
+        }
+        history.push_row(900, &[1.0]).unwrap();
+        history.commit().unwrap();
+        let stamps = history.snapshot().read_timestamps(0, 401);
+        assert_eq!(stamps, (1_000..1_401).collect::<Vec<_>>());
+        drop(history);
+        let mut reopened = History::open(dir.path(), vec!["x".into()]).unwrap();
+        reopened.push_row(1_000, &[2.0]).unwrap();
+        reopened.commit().unwrap();
+        assert_eq!(reopened.snapshot().read_timestamps(401, 1), vec![1_401], "a resumed run goes on after its last row");
     }
 
     #[test]

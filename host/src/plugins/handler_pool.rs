@@ -14,14 +14,13 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use super::instance::{CallFailure, PluginEnv, PooledInstance};
-use super::loader::{LoadedPlugin, PooledHandler};
+use super::instance::{CallFailure, Instance, PluginEnv};
+use super::loader::LoadedPlugin;
 use super::runner::{PluginStats, start_context, unavailable_response};
 use crate::bindings::http_types::{Request, Response};
 
 pub struct HandlerPool {
     plugin: LoadedPlugin,
-    pooled: PooledHandler,
     env: PluginEnv,
     stats: Arc<PluginStats>,
     /// One permit per instance: a request waits here, without holding a thread, for one.
@@ -32,7 +31,7 @@ pub struct HandlerPool {
 
 #[derive(Default)]
 struct PoolState {
-    idle: Vec<PooledInstance>,
+    idle: Vec<Instance>,
     busy: usize,
     /// After a failed start, requests are answered 503 until then instead of each trying.
     down_until: Option<Instant>,
@@ -42,8 +41,10 @@ impl HandlerPool {
     /// The pool of a plugin that asks for one (`http_instances` > 1), its instances started
     /// as requests need them.
     pub fn of(plugin: &LoadedPlugin, env: &PluginEnv, stats: &Arc<PluginStats>, restart_wait: Duration) -> Option<HandlerPool> {
+        if plugin.http_handler.is_none() || plugin.manifest.limits.http_instances < 2 {
+            return None;
+        }
         Some(HandlerPool {
-            pooled: plugin.pooled.clone()?,
             plugin: plugin.clone(),
             env: env.clone(),
             stats: stats.clone(),
@@ -80,14 +81,14 @@ impl HandlerPool {
                 }
                 self.stats.restarts.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(plugin = %name, "a handler instance failed: {failure}; replacing it");
-                unavailable_response(&format!("plugin `{name}` failed: {failure}"))
+                unavailable_response(&format!("plugin `{name}` failed: {}", failure.summary()))
             }
         }
     }
 
     /// An idle instance or a new one (at first, or in place of one lost); else the 503 to
     /// answer. The caller holds a permit, so at most `http_instances` exist.
-    async fn idle_or_new(&self) -> Result<PooledInstance, Response> {
+    async fn idle_or_new(&self) -> Result<Instance, Response> {
         let restarting = {
             let mut state = self.state();
             if let Some(instance) = state.idle.pop() {
@@ -101,7 +102,10 @@ impl HandlerPool {
         }
         let started = Instant::now();
         let context = start_context(&self.plugin, &self.env, 0);
-        let instance = PooledInstance::start(&self.plugin, &self.pooled, &self.env, &context).await;
+        let instance = match Instance::new(&self.plugin, &self.env).await {
+            Ok(mut instance) => instance.start(&context).await.map(|()| instance),
+            Err(failure) => Err(failure),
+        };
         self.stats.count_call(started);
         match instance {
             Ok(instance) => {
@@ -111,7 +115,7 @@ impl HandlerPool {
             Err(failure) => {
                 tracing::error!(plugin = %name, "a handler instance failed to start: {failure}");
                 self.state().down_until = Some(Instant::now() + self.restart_wait);
-                Err(unavailable_response(&format!("plugin `{name}` cannot start: {failure}")))
+                Err(unavailable_response(&format!("plugin `{name}` cannot start: {}", failure.summary())))
             }
         }
     }

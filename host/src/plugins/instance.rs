@@ -1,6 +1,6 @@
 //! One running instance of a plugin: its store (capabilities, limits) and the calls into
-//! it, each under the plugin's time limit. A call that traps leaves the instance
-//! unusable; the runner then makes a new one.
+//! it, each under the plugin's time limit. A call that traps or runs out of time leaves the
+//! instance unusable; its owner (the runner, a handler pool) then makes a new one.
 
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
@@ -12,11 +12,11 @@ use wasmtime::{Store, Trap, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::limiter::PluginLimiter;
-use super::loader::{EPOCH_TICK, LoadedPlugin, PooledHandler};
-use crate::bindings::connector_async::exports::telemetry::connector as exports_async;
+use super::loader::LoadedPlugin;
+use super::manifest::Limits;
+use crate::bindings::connector_async::exports::telemetry::connector as exports;
 use crate::bindings::http_types::{Request, Response};
 use crate::bindings::types::{ConnectorError, Rows, StartContext};
-use crate::bindings::{http_handler, telemetry_connector};
 use crate::capabilities::history::HistoryReader;
 use crate::capabilities::log::{LogLine, PluginLog};
 use crate::capabilities::outgoing_http::{OutgoingHttp, Transport};
@@ -77,50 +77,67 @@ impl std::fmt::Display for CallFailure {
     }
 }
 
-pub struct Instance {
-    store: Store<PluginState>,
-    connector: telemetry_connector::Guest,
-    http_handler: Option<http_handler::Guest>,
-    call_timeout: Duration,
-    memory_mb: u64,
+impl CallFailure {
+    /// The first line: what an HTTP client is told (the log has the whole chain).
+    pub fn summary(&self) -> String {
+        self.to_string().lines().next().unwrap_or_default().to_string()
+    }
 }
 
+pub struct Instance {
+    store: Store<PluginState>,
+    connector: exports::telemetry_connector::Guest,
+    http_handler: Option<exports::http_handler::Guest>,
+    limits: Limits,
+}
+
+/// Every call into a plugin, of every kind of instance, is asynchronous and bounded the same
+/// two ways: the epoch callback yields to the runtime at every tick and interrupts a
+/// computation past the deadline, and a wall-clock timeout abandons a call waiting past it
+/// (a WASI sleep, a pollable, a blocking read), which no epoch can interrupt. An abandoned
+/// call leaves the instance unusable: it is dropped and replaced, as after a trap.
 impl Instance {
     /// Instantiates the plugin (without calling `start`).
-    pub fn new(plugin: &LoadedPlugin, env: &PluginEnv) -> Result<Instance, CallFailure> {
+    pub async fn new(plugin: &LoadedPlugin, env: &PluginEnv) -> Result<Instance, CallFailure> {
         let mut store = new_store(plugin, env)?;
-        store.epoch_deadline_trap();
-        let (call_timeout, memory_mb) = limits(plugin);
-        arm_deadline(&mut store, call_timeout);
-        let loaded = plugin.pre.instantiate(&mut store).and_then(|wasm| {
+        store.epoch_deadline_callback(|store| {
+            let expired = store.data().outgoing.call_deadline.is_none_or(|deadline| Instant::now() >= deadline);
+            // tokio's yield lets the runtime poll for I/O and timers before the call resumes.
+            Ok(if expired { UpdateDeadline::Interrupt } else { UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now())) })
+        });
+        let limits = plugin.manifest.limits;
+        arm_deadline(&mut store, &limits);
+        let loaded = within(&limits, async {
+            let wasm = plugin.pre.instantiate_async(&mut store).await?;
             let connector = plugin.connector.load(&mut store, &wasm)?;
             let http_handler = plugin.http_handler.as_ref().map(|indices| indices.load(&mut store, &wasm)).transpose()?;
             Ok((connector, http_handler))
-        });
-        let (connector, http_handler) = loaded.map_err(|error| trap_reason(error, call_timeout, memory_mb))?;
-        Ok(Instance { store, connector, http_handler, call_timeout, memory_mb })
+        })
+        .await;
+        let (connector, http_handler) = loaded.map_err(|error| trap_reason(error, &limits))?;
+        Ok(Instance { store, connector, http_handler, limits })
     }
 
-    pub fn start(&mut self, context: &StartContext) -> Result<(), CallFailure> {
+    pub async fn start(&mut self, context: &StartContext) -> Result<(), CallFailure> {
         self.arm_deadline();
         let connector = self.connector.clone();
-        let result = connector.call_start(&mut self.store, context);
+        let result = within(&self.limits, connector.call_start(&mut self.store, context)).await;
         self.finish(result)
     }
 
     /// Hands the rows over; the batch is moved into the call, never copied on the host.
-    pub fn update(&mut self, batch: RowBatch) -> Result<(), CallFailure> {
+    pub async fn update(&mut self, batch: RowBatch) -> Result<(), CallFailure> {
         let rows = Rows { first_row: batch.first_row, timestamps_ms: batch.timestamps_ms, columns: batch.columns };
         self.arm_deadline();
         let connector = self.connector.clone();
-        let result = connector.call_update(&mut self.store, &rows);
+        let result = within(&self.limits, connector.call_update(&mut self.store, &rows)).await;
         self.finish(result)
     }
 
-    pub fn stop(&mut self) -> Result<(), CallFailure> {
+    pub async fn stop(&mut self) -> Result<(), CallFailure> {
         self.arm_deadline();
         let connector = self.connector.clone();
-        let result = connector.call_stop(&mut self.store);
+        let result = within(&self.limits, connector.call_stop(&mut self.store)).await;
         self.finish(result)
     }
 
@@ -128,99 +145,54 @@ impl Instance {
         self.http_handler.is_some()
     }
 
-    pub fn handle(&mut self, request: &Request) -> Result<Response, CallFailure> {
+    pub async fn handle(&mut self, request: &Request) -> Result<Response, CallFailure> {
         let handler = self.http_handler.clone().ok_or_else(|| CallFailure::Trapped("the plugin serves no HTTP".into()))?;
         self.arm_deadline();
-        let result = handler.call_handle(&mut self.store, request);
+        let result = within(&self.limits, handler.call_handle(&mut self.store, request)).await;
         self.store.data_mut().outgoing.call_deadline = None;
-        result.map_err(|error| self.trap_reason(error))
+        result.map_err(|error| trap_reason(error, &self.limits))
     }
 
     fn arm_deadline(&mut self) {
-        arm_deadline(&mut self.store, self.call_timeout);
+        arm_deadline(&mut self.store, &self.limits);
     }
 
     fn finish(&mut self, result: wasmtime::Result<Result<(), ConnectorError>>) -> Result<(), CallFailure> {
         self.store.data_mut().outgoing.call_deadline = None;
-        call_outcome(result, self.call_timeout, self.memory_mb)
-    }
-
-    fn trap_reason(&self, error: wasmtime::Error) -> CallFailure {
-        trap_reason(error, self.call_timeout, self.memory_mb)
+        call_outcome(result, &self.limits)
     }
 }
 
-/// A handler instance of a pool: called asynchronously on the HTTP server's workers, it
-/// yields to them at every epoch tick, so a long call holds up no other request, and traps
-/// at the plugin's call time limit.
-pub struct PooledInstance {
-    store: Store<PluginState>,
-    connector: exports_async::telemetry_connector::Guest,
-    http_handler: exports_async::http_handler::Guest,
-    call_timeout: Duration,
-    memory_mb: u64,
+fn call_limit(limits: &Limits) -> Duration {
+    Duration::from_millis(limits.call_timeout_ms)
 }
 
-impl PooledInstance {
-    /// Instantiates the plugin and calls its `start`.
-    pub async fn start(
-        plugin: &LoadedPlugin,
-        pooled: &PooledHandler,
-        env: &PluginEnv,
-        context: &StartContext,
-    ) -> Result<PooledInstance, CallFailure> {
-        let mut store = new_store(plugin, env)?;
-        store.epoch_deadline_callback(|store| {
-            let expired = store.data().outgoing.call_deadline.is_none_or(|deadline| Instant::now() >= deadline);
-            // tokio's yield lets the worker poll for I/O before it resumes the call.
-            Ok(if expired { UpdateDeadline::Interrupt } else { UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now())) })
-        });
-        let (call_timeout, memory_mb) = limits(plugin);
-        arm_yielding_deadline(&mut store, call_timeout);
-        let loaded = async {
-            let wasm = pooled.pre.instantiate_async(&mut store).await?;
-            Ok((pooled.connector.load(&mut store, &wasm)?, pooled.http_handler.load(&mut store, &wasm)?))
-        };
-        let (connector, http_handler) = loaded.await.map_err(|error| trap_reason(error, call_timeout, memory_mb))?;
-        let mut instance = PooledInstance { store, connector, http_handler, call_timeout, memory_mb };
-        instance.arm_deadline();
-        let connector = instance.connector.clone();
-        let result = connector.call_start(&mut instance.store, context).await;
-        instance.finish(result)?;
-        Ok(instance)
-    }
+/// A call abandoned at its wall-clock limit while it waited.
+#[derive(Debug)]
+struct WaitedPastLimit;
 
-    pub async fn handle(&mut self, request: &Request) -> Result<Response, CallFailure> {
-        self.arm_deadline();
-        let handler = self.http_handler.clone();
-        let result = handler.call_handle(&mut self.store, request).await;
-        self.store.data_mut().outgoing.call_deadline = None;
-        result.map_err(|error| trap_reason(error, self.call_timeout, self.memory_mb))
+impl std::fmt::Display for WaitedPastLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the call was still waiting (a sleep, a poll or a blocking read) at its time limit")
     }
+}
 
-    pub async fn stop(&mut self) -> Result<(), CallFailure> {
-        self.arm_deadline();
-        let connector = self.connector.clone();
-        let result = connector.call_stop(&mut self.store).await;
-        self.finish(result)
-    }
+impl std::error::Error for WaitedPastLimit {}
 
-    fn arm_deadline(&mut self) {
-        arm_yielding_deadline(&mut self.store, self.call_timeout);
-    }
-
-    fn finish(&mut self, result: wasmtime::Result<Result<(), ConnectorError>>) -> Result<(), CallFailure> {
-        self.store.data_mut().outgoing.call_deadline = None;
-        call_outcome(result, self.call_timeout, self.memory_mb)
+/// `call`, abandoned if it has not returned within `limit`.
+async fn within<R>(limits: &Limits, call: impl Future<Output = wasmtime::Result<R>>) -> wasmtime::Result<R> {
+    match tokio::time::timeout(call_limit(limits), call).await {
+        Ok(result) => result,
+        Err(_) => Err(wasmtime::Error::new(WaitedPastLimit)),
     }
 }
 
 /// What a call of `start`, `update` or `stop` came to.
-fn call_outcome(result: wasmtime::Result<Result<(), ConnectorError>>, call_timeout: Duration, memory_mb: u64) -> Result<(), CallFailure> {
+fn call_outcome(result: wasmtime::Result<Result<(), ConnectorError>>, limits: &Limits) -> Result<(), CallFailure> {
     match result {
         Ok(Ok(())) => Ok(()),
         Ok(Err(error)) => Err(CallFailure::Plugin(error)),
-        Err(error) => Err(trap_reason(error, call_timeout, memory_mb)),
+        Err(error) => Err(trap_reason(error, limits)),
     }
 }
 
@@ -238,9 +210,12 @@ fn new_store(plugin: &LoadedPlugin, env: &PluginEnv) -> Result<Store<PluginState
         crate::capabilities::filesystem::wasi_context(data_dir, stderr).map_err(|error| CallFailure::Trapped(format!("{error:#}")))?;
     let mut outgoing = OutgoingHttp::new(&manifest.name, manifest.grants.outbound.clone(), env.secrets.clone(), env.transport.clone());
     outgoing.denied = env.denied.clone();
+    outgoing.max_response_bytes = memory_bytes / 2;
+    let mut table = ResourceTable::new();
+    table.set_max_capacity(manifest.limits.handles as usize);
     let state = PluginState {
         wasi,
-        table: ResourceTable::new(),
+        table,
         limits: PluginLimiter::new(memory_bytes),
         log,
         history: HistoryReader::new(env.history.clone()),
@@ -251,42 +226,40 @@ fn new_store(plugin: &LoadedPlugin, env: &PluginEnv) -> Result<Store<PluginState
     Ok(store)
 }
 
-/// A call's time limit and the memory limit, for explaining traps.
-fn limits(plugin: &LoadedPlugin) -> (Duration, u64) {
-    (Duration::from_millis(plugin.manifest.limits.call_timeout_ms), plugin.manifest.limits.memory_mb)
-}
-
-/// The next epoch tick yields (the callback above decides whether the call has run out
-/// of time), whatever the time limit.
-fn arm_yielding_deadline(store: &mut Store<PluginState>, call_timeout: Duration) {
+/// The next epoch tick runs the callback, which decides whether the call has run out of
+/// time; the wall-clock limit of `within` covers the waits between ticks.
+fn arm_deadline(store: &mut Store<PluginState>, limits: &Limits) {
     store.set_epoch_deadline(1);
-    store.data_mut().outgoing.call_deadline = Some(Instant::now() + call_timeout);
+    store.data_mut().outgoing.call_deadline = Some(Instant::now() + call_limit(limits));
 }
 
-fn arm_deadline(store: &mut Store<PluginState>, call_timeout: Duration) {
-    let ticks = call_timeout.as_micros().div_ceil(EPOCH_TICK.as_micros()) as u64 + 1;
-    store.set_epoch_deadline(ticks);
-    store.data_mut().outgoing.call_deadline = Some(Instant::now() + call_timeout);
-}
-
-fn trap_reason(error: wasmtime::Error, call_timeout: Duration, memory_mb: u64) -> CallFailure {
-    {
-        let text = format!("{error:#}");
-        let reason = match error.downcast_ref::<Trap>() {
-            Some(Trap::Interrupt) => format!("exceeded its call time limit of {} ms", call_timeout.as_millis()),
-            _ if text.contains("past the plugin's limit") => {
-                format!("ran out of memory (limit {memory_mb} MiB) counting all its memories and tables")
-            }
-            Some(Trap::UnreachableCodeReached) => {
-                format!("trapped: unreachable code, usually a panic or abort in the plugin ({})", first_line(&text))
-            }
-            Some(trap) => format!("trapped: {trap}"),
-            None => first_line(&text).to_string(),
-        };
-        CallFailure::Trapped(reason)
+/// What a failed call came to: a one-line reason (which limit, or which trap) and, below
+/// it, the whole error chain with the plugin's backtrace.
+fn trap_reason(error: wasmtime::Error, limits: &Limits) -> CallFailure {
+    let Limits { call_timeout_ms, memory_mb, handles, .. } = *limits;
+    let text = format!("{error:?}");
+    let reason = match error.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => format!("exceeded its call time limit of {} ms", call_timeout_ms),
+        _ if error.is::<WaitedPastLimit>() => {
+            return CallFailure::Trapped(format!("exceeded its call time limit of {} ms: {WaitedPastLimit}", call_timeout_ms));
+        }
+        _ if text.contains("resource table has no free keys") => {
+            format!("ran out of handles (limit {handles} open files, streams and pollables at once: limits.handles)")
+        }
+        _ if text.contains("past the plugin's limit") => {
+            format!("ran out of memory (limit {memory_mb} MiB) counting all its memories and tables")
+        }
+        Some(Trap::UnreachableCodeReached) => "trapped: unreachable code, usually a panic or abort in the plugin".to_string(),
+        Some(trap) => format!("trapped: {trap}"),
+        None => text.lines().next().unwrap_or_default().to_string(),
+    };
+    let details = text.trim_end();
+    match details.contains('\n') || details != reason {
+        true => CallFailure::Trapped(format!("{reason}\n{}", indent(details))),
+        false => CallFailure::Trapped(reason),
     }
 }
 
-fn first_line(text: &str) -> &str {
-    text.lines().next().unwrap_or(text)
+fn indent(text: &str) -> String {
+    text.lines().map(|line| format!("    {line}")).collect::<Vec<_>>().join("\n")
 }

@@ -14,19 +14,19 @@ use wasmtime::{Config, Engine};
 use super::cache::{ComponentCache, Origin};
 use super::instance::PluginState;
 use super::manifest::Manifest;
-use crate::bindings::{connector_async, http_handler, names, telemetry_connector};
+use crate::bindings::connector_async::exports::telemetry::connector::{http_handler, telemetry_connector};
+use crate::bindings::names;
 use crate::capabilities;
 
 /// How often the epoch advances: the granularity of call time limits.
 pub const EPOCH_TICK: Duration = Duration::from_millis(5);
 
 /// The engine and linker every plugin shares, and the epoch ticker behind call limits.
+/// Every instance is called asynchronously (WASI's asynchronous side), so that a call
+/// waiting in WASI can be abandoned at its time limit.
 pub struct Runtime {
     pub engine: Engine,
     linker: Linker<PluginState>,
-    /// The same capabilities for the handler instances of a pool, which are called
-    /// asynchronously (WASI's asynchronous side, which never blocks on a runtime).
-    async_linker: Linker<PluginState>,
     cache: ComponentCache,
     ticker_running: Arc<AtomicBool>,
 }
@@ -44,20 +44,10 @@ pub struct LoadedPlugin {
     pub pre: InstancePre<PluginState>,
     pub connector: telemetry_connector::GuestIndices,
     pub http_handler: Option<http_handler::GuestIndices>,
-    /// For a plugin that asks for a pool of handler instances (`http_instances` > 1).
-    pub pooled: Option<PooledHandler>,
     /// The host path of the granted data directory.
     pub data_dir: Option<PathBuf>,
     pub load_time: Duration,
     pub origin: Origin,
-}
-
-/// A plugin's component linked for asynchronous calls: what a pool's instances run.
-#[derive(Clone)]
-pub struct PooledHandler {
-    pub pre: InstancePre<PluginState>,
-    pub connector: connector_async::exports::telemetry::connector::telemetry_connector::GuestIndices,
-    pub http_handler: connector_async::exports::telemetry::connector::http_handler::GuestIndices,
 }
 
 /// What a component imports and exports, as `plugin inspect` shows it.
@@ -113,14 +103,10 @@ impl Runtime {
         }
         let engine = Engine::new(&config)?;
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
-        let mut async_linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut async_linker)?;
-        for linker in [&mut linker, &mut async_linker] {
-            capabilities::log::add_to_linker(linker, |state: &mut PluginState| &mut state.log)?;
-            capabilities::history::add_to_linker(linker, |state: &mut PluginState| &mut state.history)?;
-            capabilities::outgoing_http::add_to_linker(linker, |state: &mut PluginState| &mut state.outgoing)?;
-        }
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        capabilities::log::add_to_linker(&mut linker, |state: &mut PluginState| &mut state.log)?;
+        capabilities::history::add_to_linker(&mut linker, |state: &mut PluginState| &mut state.history)?;
+        capabilities::outgoing_http::add_to_linker(&mut linker, |state: &mut PluginState| &mut state.outgoing)?;
         let ticker_running = Arc::new(AtomicBool::new(true));
         let weak_engine = engine.weak();
         let running = ticker_running.clone();
@@ -133,7 +119,7 @@ impl Runtime {
                 }
             }
         })?;
-        Ok(Runtime { engine, linker, async_linker, cache: ComponentCache::new(cache_dir), ticker_running })
+        Ok(Runtime { engine, linker, cache: ComponentCache::new(cache_dir), ticker_running })
     }
 
     /// Reads and compiles (or loads from the cache) a component file, with a clear error
@@ -162,20 +148,7 @@ impl Runtime {
             true => Some(http_handler::GuestIndices::new(&pre).map_err(anyhow::Error::from).with_context(context)?),
             false => None,
         };
-        let pooled = match http_handler.is_some() && manifest.limits.http_instances > 1 {
-            true => Some(self.pooled_handler(&component).with_context(context)?),
-            false => None,
-        };
-        Ok(LoadedPlugin { manifest, pre, connector, http_handler, pooled, data_dir, load_time: started.elapsed(), origin })
-    }
-
-    fn pooled_handler(&self, component: &Component) -> Result<PooledHandler> {
-        let pre = self.async_linker.instantiate_pre(component)?;
-        Ok(PooledHandler {
-            connector: connector_async::exports::telemetry::connector::telemetry_connector::GuestIndices::new(&pre)?,
-            http_handler: connector_async::exports::telemetry::connector::http_handler::GuestIndices::new(&pre)?,
-            pre,
-        })
+        Ok(LoadedPlugin { manifest, pre, connector, http_handler, data_dir, load_time: started.elapsed(), origin })
     }
 }
 

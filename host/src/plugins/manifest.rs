@@ -82,6 +82,15 @@ pub struct Limits {
     /// answer on the HTTP server's workers, called asynchronously (`handler_pool`).
     #[serde(default = "default_http_instances")]
     pub http_instances: u32,
+    /// Handles an instance may hold at once: open files and directories, streams,
+    /// pollables, outgoing requests. Past it the call traps (the plugin's error); the host
+    /// keeps the rest of its descriptors for itself.
+    #[serde(default = "default_handles")]
+    pub handles: u32,
+}
+
+fn default_handles() -> u32 {
+    256
 }
 
 fn default_http_instances() -> u32 {
@@ -96,7 +105,12 @@ fn default_call_timeout_ms() -> u64 {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { memory_mb: default_memory_mb(), call_timeout_ms: default_call_timeout_ms(), http_instances: default_http_instances() }
+        Limits {
+            memory_mb: default_memory_mb(),
+            call_timeout_ms: default_call_timeout_ms(),
+            http_instances: default_http_instances(),
+            handles: default_handles(),
+        }
     }
 }
 
@@ -140,6 +154,7 @@ impl Manifest {
         anyhow::ensure!(self.limits.memory_mb >= 1, "limits.memory_mb must be at least 1");
         anyhow::ensure!(self.limits.call_timeout_ms >= 1, "limits.call_timeout_ms must be at least 1");
         anyhow::ensure!((1..=64).contains(&self.limits.http_instances), "limits.http_instances must be between 1 and 64");
+        anyhow::ensure!((16..=4096).contains(&self.limits.handles), "limits.handles must be between 16 and 4096");
         if let Some(listen) = &self.grants.listen {
             match (&listen.address, &listen.prefix) {
                 (Some(_), Some(_)) | (None, None) => bail!("grants.listen needs exactly one of `address` or `prefix`"),

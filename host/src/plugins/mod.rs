@@ -67,7 +67,7 @@ impl PluginSet {
                 tracing::info!(plugin = %manifest.name, "disabled by the host configuration");
                 continue;
             }
-            manifest.config.extend(overrides.config);
+            merge_tables(&mut manifest.config, overrides.config);
             let name = manifest.name.clone();
             let secret_names =
                 manifest.grants.outbound.iter().filter_map(|grant| grant.credential.as_ref().map(|credential| credential.secret.as_str()));
@@ -158,6 +158,19 @@ pub fn plugin_env(config: &HostConfig, history: &SharedHistory, secrets: &Secret
     }
 }
 
+/// Merges `over` into `base` key by key, into nested tables too: `[plugins.file.config.plot]
+/// min_interval_s = 60` changes that one key of the manifest's `plot` table.
+pub fn merge_tables(base: &mut toml::Table, over: toml::Table) {
+    for (key, value) in over {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(inner)), toml::Value::Table(value)) => merge_tables(inner, value),
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
+}
+
 pub fn runner_options(config: &HostConfig) -> RunnerOptions {
     let (first, longest) = config.runtime.restart_backoff_ms;
     RunnerOptions {
@@ -180,4 +193,19 @@ pub fn manifest_for(path: &Path) -> Result<Manifest> {
         path.file_stem().and_then(|stem| stem.to_str()).unwrap_or("plugin").replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "-");
     let text = format!("name = {name:?}\ncomponent = {:?}\n", path.file_name().and_then(|name| name.to_str()).unwrap_or_default());
     Manifest::parse(&text, &path.with_file_name(manifest::MANIFEST_FILE))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overrides_merge_key_by_key_into_nested_tables() {
+        let mut base: toml::Table = toml::from_str("xkey = \"row\"\n[plot]\nwidth = 1200\nmin_interval_s = 5\n").unwrap();
+        let over: toml::Table = toml::from_str("[plot]\nmin_interval_s = 60\n").unwrap();
+        merge_tables(&mut base, over);
+        assert_eq!(base["plot"]["width"].as_integer(), Some(1200), "the rest of the table stays");
+        assert_eq!(base["plot"]["min_interval_s"].as_integer(), Some(60));
+        assert_eq!(base["xkey"].as_str(), Some("row"));
+    }
 }

@@ -43,6 +43,8 @@ pub struct PluginStats {
     pub denied: Arc<AtomicU64>,
     /// The plugin's log lines over its allowance, dropped.
     pub log_budget: Arc<crate::capabilities::log::LogBudget>,
+    /// The plugin refused its configuration and is disabled until the host restarts.
+    pub disabled: AtomicBool,
     /// The last failure, as logged.
     pub last_failure: Mutex<Option<String>>,
 }
@@ -63,6 +65,10 @@ pub struct PluginRunner {
     notified: Arc<AtomicBool>,
     pub stats: Arc<PluginStats>,
     thread: Option<JoinHandle<()>>,
+    /// Disconnected once the thread has ended.
+    exited: std::sync::mpsc::Receiver<()>,
+    /// How long `stop` waits for the thread before it goes on without it.
+    stop_grace: Duration,
     pool: Option<Arc<HandlerPool>>,
 }
 
@@ -123,7 +129,13 @@ impl PluginRunner {
         });
         let name = plugin.manifest.name.clone();
         let pool = HandlerPool::of(&plugin, &env, &stats, options.backoff_first).map(Arc::new);
+        // The plugin's calls run on a runtime of the thread's own: WASI waits are timers on
+        // it, so a call waiting past its limit is abandoned like one computing past it.
+        let calls = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let (exited_sender, exited) = std::sync::mpsc::sync_channel::<()>(0);
+        let stop_grace = stop_grace(&plugin);
         let mut worker = Worker {
+            calls,
             plugin,
             env,
             options,
@@ -134,8 +146,12 @@ impl PluginRunner {
             failures: 0,
             reports: FailureReports::default(),
         };
-        let thread = std::thread::Builder::new().name(format!("plugin-{name}")).spawn(move || worker.run())?;
-        Ok(PluginRunner { name, sender, notified, stats, thread: Some(thread), pool })
+        let thread = std::thread::Builder::new().name(format!("plugin-{name}")).spawn(move || {
+            // Dropped when the thread ends, however it ends: what `stop` waits for.
+            let _exited = exited_sender;
+            worker.run()
+        })?;
+        Ok(PluginRunner { name, sender, notified, stats, thread: Some(thread), exited, stop_grace, pool })
     }
 
     /// Tells the plugin the history grew; cheap and never blocks.
@@ -156,19 +172,40 @@ impl PluginRunner {
     }
 
     /// Delivers the remaining rows, calls `stop` and waits for the thread (and the
-    /// handler instances).
+    /// handler instances), at most `stop_grace`: a plugin that takes longer is left
+    /// behind (its cursor file has every delivery it acknowledged; the rest is offered again
+    /// at the next start).
     pub fn stop(mut self) {
         if let Some(pool) = self.pool.take() {
             pool.stop();
         }
         let _ = self.sender.send(Command::Stop);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+        match self.exited.recv_timeout(self.stop_grace) {
+            Err(RecvTimeoutError::Timeout) => {
+                tracing::error!(
+                    plugin = %self.name,
+                    "did not stop within {} s; going on without it (rows it did not acknowledge are offered again at the next start)",
+                    self.stop_grace.as_secs_f64()
+                );
+            }
+            Ok(()) | Err(RecvTimeoutError::Disconnected) => {
+                if let Some(thread) = self.thread.take() {
+                    let _ = thread.join();
+                }
+            }
         }
     }
 }
 
+/// The time a stopping plugin gets: its last deliveries and `stop`, each call within its
+/// limit, with room for a few of them.
+fn stop_grace(plugin: &LoadedPlugin) -> Duration {
+    Duration::from_millis(plugin.manifest.limits.call_timeout_ms).saturating_mul(3).max(Duration::from_secs(5))
+}
+
 struct Worker {
+    /// Where the plugin's calls run.
+    calls: tokio::runtime::Runtime,
     plugin: LoadedPlugin,
     env: PluginEnv,
     options: RunnerOptions,
@@ -244,6 +281,7 @@ impl Worker {
                 Err(CallFailure::Plugin(ConnectorError::InvalidConfig(message))) => {
                     tracing::error!(plugin = self.name(), "disabled: invalid config: {message}");
                     self.record_failure(format!("invalid config: {message}"));
+                    self.stats.disabled.store(true, Ordering::Release);
                     return self.serve_disabled(&format!("plugin `{}` is disabled: invalid config: {message}", self.name()));
                 }
                 Err(failure) => self.fail(&failure, "start"),
@@ -260,7 +298,7 @@ impl Worker {
 
     fn start_instance(&mut self) -> Result<Instance, CallFailure> {
         let next_row = self.stats.cursor.load(Ordering::Acquire);
-        self.timed(|| start_instance(&self.plugin, &self.env, next_row))
+        self.call(start_instance(&self.plugin, &self.env, next_row))
     }
 
     /// Delivers rows and answers requests until the instance is lost (false) or the
@@ -296,13 +334,13 @@ impl Worker {
             match command {
                 Command::RowsAvailable => {}
                 Command::Http(request, reply) => {
-                    let answer = self.timed(|| instance.handle(&request));
+                    let answer = self.call(instance.handle(&request));
                     match answer {
                         Ok(response) => {
                             let _ = reply.send(response);
                         }
                         Err(failure) => {
-                            let _ = reply.send(unavailable_response(&format!("plugin `{}` failed: {failure}", self.name())));
+                            let _ = reply.send(unavailable_response(&format!("plugin `{}` failed: {}", self.name(), failure.summary())));
                             self.fail(&failure, "handle");
                             return false;
                         }
@@ -336,7 +374,7 @@ impl Worker {
                 history.batch(cursor, self.options.max_batch_rows)
             };
             let rows = batch.timestamps_ms.len() as u64;
-            match self.timed(|| instance.update(batch)) {
+            match self.call(instance.update(batch)) {
                 Ok(()) => {
                     self.advance(cursor + rows);
                     self.stats.rows_delivered.fetch_add(rows, Ordering::Relaxed);
@@ -383,7 +421,7 @@ impl Worker {
             timestamps_ms: Vec::new(),
             columns: vec![Vec::new(); self.env.history.snapshot().series_names().len()],
         };
-        match self.timed(|| instance.update(batch)) {
+        match self.call(instance.update(batch)) {
             Ok(()) | Err(CallFailure::Plugin(_)) => Delivery::UpToDate,
             Err(failure) => {
                 self.fail(&failure, "update");
@@ -405,7 +443,7 @@ impl Worker {
         if let Some(file) = &self.cursor_file {
             file.sync();
         }
-        if let Err(failure) = self.timed(|| instance.stop()) {
+        if let Err(failure) = self.call(instance.stop()) {
             tracing::error!(plugin = self.name(), "stop failed: {failure}");
             self.record_failure(format!("stop: {failure}"));
         }
@@ -475,8 +513,9 @@ impl Worker {
         *self.stats.last_failure.lock().expect("stats lock") = Some(message);
     }
 
-    fn timed<R>(&self, call: impl FnOnce() -> R) -> R {
-        self.stats.timed(call)
+    /// Runs one call into the plugin to its end (or its time limit), counting it.
+    fn call<F: Future>(&self, call: F) -> F::Output {
+        self.stats.timed(|| self.calls.block_on(call))
     }
 }
 
@@ -498,9 +537,9 @@ impl PluginStats {
 
 /// A new instance of `plugin`, started with the context of a plugin whose next row is
 /// `next_row`.
-pub(super) fn start_instance(plugin: &LoadedPlugin, env: &PluginEnv, next_row: u64) -> Result<Instance, CallFailure> {
-    let mut instance = Instance::new(plugin, env)?;
-    instance.start(&start_context(plugin, env, next_row))?;
+pub(super) async fn start_instance(plugin: &LoadedPlugin, env: &PluginEnv, next_row: u64) -> Result<Instance, CallFailure> {
+    let mut instance = Instance::new(plugin, env).await?;
+    instance.start(&start_context(plugin, env, next_row)).await?;
     Ok(instance)
 }
 
