@@ -271,3 +271,103 @@ fn the_small_run_matches_the_official_clients_requests() {
     assert!(run.complete);
     assert_eq!(Some(finish["body"]["exitcode"].as_i64().unwrap()), run.exitcode);
 }
+
+#[test]
+fn a_full_queue_still_drains_after_an_outage_and_every_row_arrives_once() {
+    let standin = StandIn::start();
+    let root = tempfile::tempdir().unwrap();
+    let config = test_config(root.path());
+    let mut host = start_host(&standin, root, config, "max_queue_rows = 300\n");
+    assert!(wait_until(WAIT, || !standin.requests().is_empty()), "the run is created");
+    standin.inject([Fault::Status(503)]);
+    feed_in_updates(&mut host, 2450, 50);
+    host.stop();
+    let (_, run) = standin.only_run();
+    assert_rows(&run, 2450);
+    assert!(run.complete, "the run is finished");
+    let largest = standin
+        .requests()
+        .iter()
+        .filter_map(|request| request.body["files"]["wandb-history.jsonl"]["content"].as_array().map(Vec::len))
+        .max()
+        .unwrap();
+    assert!(largest <= 300, "at most max_queue_rows lines are held, and sent, at a time: {largest}");
+}
+
+#[test]
+fn a_failed_finish_marker_is_retried_until_the_run_is_finished() {
+    let standin = StandIn::start();
+    let mut host = host(&standin);
+    feed_in_updates(&mut host, 20, 10);
+    assert!(wait_until(WAIT, || standin.only_run().1.history.len() == 20));
+    standin.inject([Fault::Status(500), Fault::RateLimited(1)]);
+    host.stop();
+    let (_, run) = standin.only_run();
+    assert!(run.complete, "{}", host.log_text("wandb"));
+    let finishes: Vec<u16> =
+        standin.requests().iter().filter(|request| request.body["complete"] == json!(true)).map(|request| request.status).collect();
+    assert_eq!(finishes, vec![500, 429, 200]);
+}
+
+/// `_step` from the step series, a crash between two accepted requests of a catch-up: the
+/// lines sent again after the restart carry the steps they had, not steps counted on from
+/// the last row queued.
+#[test]
+fn a_crash_in_a_catch_up_resends_lines_with_their_own_steps() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use telemetry_host::bindings::http_types::Response;
+    use telemetry_host::isolation::{IsolatedPlugin, IsolationOptions};
+
+    let accepted = Arc::new(AtomicU64::new(0));
+    let failing = Arc::new(AtomicBool::new(true));
+    let (counter, down) = (accepted.clone(), failing.clone());
+    let responder: telemetry_host::capabilities::outgoing_http::Responder = Arc::new(move |request| {
+        let body: Value = serde_json::from_slice(&request.body).unwrap_or(Value::Null);
+        let answer = |status: u16, body: Value| Response {
+            status,
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: body.to_string().into_bytes(),
+        };
+        if request.target.ends_with("/graphql") {
+            let bucket = json!({ "project": { "name": "p", "entity": { "name": "e" } }, "historyLineCount": 0 });
+            return answer(200, json!({ "data": { "upsertBucket": { "bucket": bucket } } }));
+        }
+        // Of the catch-up's requests, the first is accepted and the next fails until the crash.
+        if body["files"]["wandb-history.jsonl"].is_object() && counter.fetch_add(1, Ordering::SeqCst) >= 1 && down.load(Ordering::SeqCst) {
+            return answer(503, json!({ "error": "injected" }));
+        }
+        answer(200, json!({}))
+    });
+    let config = toml::from_str(
+        "project = \"p\"\nentity = \"e\"\nbase_url = \"https://api.wandb.ai\"\nstep = \"step_key\"\ntransmit_interval_s = 0\nrequest_timeout_s = 2\nstop_timeout_s = 20\n",
+    )
+    .unwrap();
+    let options = IsolationOptions { plugin_config: config, responder: Some(responder), ..IsolationOptions::default() };
+    let mut plugin = IsolatedPlugin::load(&connector("wandb"), options).unwrap();
+    let rows = 100_000;
+    let ndjson: Vec<String> = (0..rows).map(|index| sample(index).to_string()).collect();
+    assert_eq!(plugin.push_ndjson(&ndjson.join("\n")), 0);
+    plugin.start().unwrap();
+    plugin.deliver().unwrap();
+    assert!(accepted.load(Ordering::SeqCst) >= 2, "the catch-up takes more than one request");
+    plugin.crash_and_restart().unwrap();
+    failing.store(false, Ordering::SeqCst);
+    plugin.stop().unwrap();
+    // What W&B holds: each offset as last accepted.
+    let mut held = std::collections::BTreeMap::new();
+    for exchange in plugin.exchanges.lock().unwrap().iter() {
+        let accepted = exchange.response.as_ref().is_ok_and(|response| response.status == 200);
+        let body: Value = serde_json::from_slice(&exchange.request.body).unwrap_or(Value::Null);
+        if let (true, Some(history)) = (accepted, body["files"]["wandb-history.jsonl"].as_object()) {
+            let offset = history["offset"].as_u64().unwrap();
+            for (index, line) in history["content"].as_array().unwrap().iter().enumerate() {
+                held.insert(offset + index as u64, serde_json::from_str::<Value>(line.as_str().unwrap()).unwrap());
+            }
+        }
+    }
+    assert_eq!(held.keys().copied().collect::<Vec<_>>(), (0..rows).collect::<Vec<_>>(), "contiguous offsets, every row once");
+    for (offset, line) in &held {
+        assert_eq!(line["_step"].as_f64(), sample(*offset)["total_steps"].as_f64(), "line {offset}: {line}");
+    }
+}

@@ -13,6 +13,8 @@ use crate::config::SecretSource;
 #[derive(Clone, Default)]
 pub struct Secrets {
     values: Arc<BTreeMap<String, String>>,
+    /// Declared secrets that were not found, each with where the host looked.
+    missing: Arc<Vec<String>>,
 }
 
 impl std::fmt::Debug for Secrets {
@@ -25,13 +27,15 @@ impl Secrets {
     /// Reads the secrets `plugin`'s manifest names (`names`). Each must be declared in the
     /// host configuration (`[secrets.<name>]`) and bound to the plugin there (`plugins`):
     /// a manifest cannot name a file or an environment variable of the host, nor another
-    /// plugin's secret. A declared secret that is not found is said and left out.
+    /// plugin's secret. A declared secret that is not found is left out and listed in
+    /// [`Secrets::missing`].
     pub fn resolve<'a>(
         plugin: &str,
         names: impl IntoIterator<Item = &'a str>,
         sources: &BTreeMap<String, SecretSource>,
     ) -> Result<Secrets> {
         let mut values = BTreeMap::new();
+        let mut missing = Vec::new();
         for name in names {
             let plain = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
             ensure!(plain, "secret name `{name}` must be ASCII letters, digits, `_` or `-`");
@@ -54,21 +58,24 @@ impl Secrets {
                         .map(|path| format!("file {}", path.display()))
                         .chain(source.env.iter().map(|var| format!("${var}")))
                         .collect();
-                    tracing::warn!(
-                        plugin,
-                        secret = name,
-                        "secret not found (looked in {}); requests that need it go without it",
+                    missing.push(format!(
+                        "the secret `{name}` is not set (looked in {})",
                         if places.is_empty() { "nowhere: no file or variable configured".to_string() } else { places.join(" and ") }
-                    )
+                    ));
                 }
             }
         }
-        Ok(Secrets { values: Arc::new(values) })
+        Ok(Secrets { values: Arc::new(values), missing: Arc::new(missing) })
     }
 
     /// Secrets given directly, for tests and the test kit.
     pub fn from_values(values: impl IntoIterator<Item = (String, String)>) -> Secrets {
-        Secrets { values: Arc::new(values.into_iter().collect()) }
+        Secrets { values: Arc::new(values.into_iter().collect()), missing: Arc::default() }
+    }
+
+    /// Declared secrets that were not found, each said with where the host looked.
+    pub fn missing(&self) -> &[String] {
+        &self.missing
     }
 
     pub fn get(&self, name: &str) -> Option<&str> {

@@ -80,6 +80,15 @@ impl PluginSet {
                     continue;
                 }
             };
+            if !secrets.missing().is_empty() {
+                // Not a failure: a fresh machine runs the default configuration without a key.
+                tracing::warn!(
+                    plugin = %name,
+                    "not started: its granted requests need a credential and {}; set it and restart the host",
+                    secrets.missing().join(", ")
+                );
+                continue;
+            }
             match runtime.load(manifest, &config.runtime.data_dir) {
                 Ok(plugin) => {
                     tracing::info!(plugin = %name, origin = ?plugin.origin, "loaded in {:.1} ms", plugin.load_time.as_secs_f64() * 1e3);

@@ -385,7 +385,15 @@ impl Worker {
                     self.reports.clear();
                 }
                 Err(CallFailure::Plugin(ConnectorError::Rejected(message))) => {
-                    tracing::warn!(plugin = self.name(), rows, first_row = cursor, "rows rejected by the plugin: {message}");
+                    // Reported as failures are: a plugin refusing every batch says so once a minute.
+                    let report = format!("rows rejected by the plugin: {message}");
+                    let kind = report.split(';').next().unwrap_or_default().to_string();
+                    match self.reports.admit(&kind, Instant::now()) {
+                        Some(left_out) => {
+                            tracing::warn!(plugin = self.name(), rows, first_row = cursor, "{report}{}", left_out_note(left_out))
+                        }
+                        None => tracing::debug!(plugin = self.name(), rows, first_row = cursor, "{report}"),
+                    }
                     self.advance(cursor + rows);
                     self.stats.rows_rejected.fetch_add(rows, Ordering::Relaxed);
                 }

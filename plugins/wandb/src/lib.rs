@@ -9,11 +9,19 @@
 //!   index unless the host's history started over); with
 //!   `step = "step_key"` it is the step series, and a row whose step is not larger than
 //!   the last one gets the last step + 1 (warned once) instead of being dropped by W&B.
-//! - Sending: at most one request per `transmit_interval_s` (never more than 2 a second),
-//!   retries with exponential backoff and jitter honouring `Retry-After`; statuses the
-//!   official client treats as fatal stop the stream and are logged. While W&B is
-//!   unreachable rows queue here up to `max_queue_rows`; past that `update` answers
-//!   `unavailable` and the host keeps the rows, so none is dropped.
+//!   A line's step and runtime are fixed when it is built from its row, and the state file
+//!   keeps the step of the last line W&B accepted, so a line rebuilt after a restart is the
+//!   same line.
+//! - The send path: rows the host handed over wait in the host's history (`queued_row ..
+//!   host_row`); at most `max_queue_rows` of them are built into lines at a time (the
+//!   queue), and a line leaves the queue only when W&B accepts it. Memory stays bounded at
+//!   any backlog, `update` always takes the rows, and a full queue drains at W&B's allowed
+//!   rate (2 requests a second) instead of waiting for the transmit interval.
+//! - Sending: at most one request per `transmit_interval_s` while caught up, retries with
+//!   exponential backoff and jitter honouring `Retry-After`; statuses the official client
+//!   treats as fatal, and `stopped` (Stop pressed in the W&B interface), end the stream and
+//!   are logged. The finish marker is retried like any request until `stop_timeout_s`; a
+//!   run not finished is resumed at the next start.
 
 mod config;
 mod protocol;
@@ -43,6 +51,11 @@ const MAX_REQUEST_BYTES: usize = 8 << 20;
 const MIN_REQUEST_GAP: Duration = Duration::from_millis(500);
 const BACKOFF_FIRST: Duration = Duration::from_secs(2);
 const BACKOFF_LONGEST: Duration = Duration::from_secs(60);
+/// How long one `update` keeps draining a backlog at the allowed rate, so that rows keep
+/// flowing to the host's other calls (well inside the call limit).
+const DRAIN_BUDGET: Duration = Duration::from_secs(10);
+/// Rows read back from the host's history at a time.
+const HISTORY_READ_ROWS: u64 = 16_384;
 
 /// What survives a restart, in `/data/wandb-run.json`.
 #[derive(Debug, Clone, PartialEq)]
@@ -55,6 +68,7 @@ struct RunState {
     lines_sent: u64,
     /// The host row after the last accepted line.
     row_sent: u64,
+    /// The step of the last accepted line.
     last_step: Option<i64>,
 }
 
@@ -89,19 +103,37 @@ struct Stream {
     run_started_ms: i64,
     /// History lines not yet accepted, in order; the first is line `run.lines_sent`, row
     /// `run.row_sent`.
-    queue: VecDeque<String>,
+    queue: VecDeque<Line>,
     /// Row index after the last queued row.
     queued_row: u64,
+    /// Row index after the last row the host handed over; the rows from `queued_row` on
+    /// wait in the host's history.
+    host_row: u64,
     /// Last value of each series, for the summary.
     summary: Map<String, Value>,
     last_line_step: Option<i64>,
-    warned_backwards: bool,
+    backwards_steps: u64,
     last_request: Option<Instant>,
     last_transmit: Option<Instant>,
     failures: u32,
     not_before: Option<Instant>,
     fatal: Option<String>,
     dropped_rows: u64,
+}
+
+/// One history line, built once from its row.
+struct Line {
+    text: String,
+    step: i64,
+    /// Its size inside the request body: quoted, with its quotes escaped, and a comma.
+    body_bytes: usize,
+}
+
+impl Line {
+    fn new(text: String, step: i64) -> Line {
+        let escapes = text.bytes().filter(|byte| matches!(byte, b'"' | b'\\')).count();
+        Line { body_bytes: text.len() + escapes + 3, text, step }
+    }
 }
 
 thread_local! {
@@ -201,9 +233,46 @@ impl Stream {
             for key in ["_step", "_runtime", "_timestamp"] {
                 self.summary.insert(key.into(), line[key].clone());
             }
-            self.queue.push_back(Value::Object(line).to_string());
+            self.queue.push_back(Line::new(Value::Object(line).to_string(), step));
             self.queued_row = row + 1;
+            self.host_row = self.host_row.max(self.queued_row);
         }
+    }
+
+    /// Takes the rows the host hands over: built into lines at once when they fit in the
+    /// queue, else left in the host's history and read back as the queue drains.
+    fn take(&mut self, batch: &Rows) {
+        let end = batch.first_row + batch.timestamps_ms.len() as u64;
+        let fits = self.queue.len() + batch.timestamps_ms.len() <= self.settings.max_queue_rows;
+        if self.queued_row >= batch.first_row && self.queued_row < end && fits {
+            self.enqueue(batch);
+        }
+        self.host_row = self.host_row.max(end);
+        self.fill_from_history();
+    }
+
+    /// Builds lines from the rows waiting in the host's history, as far as the queue has room.
+    fn fill_from_history(&mut self) {
+        while self.queued_row < self.host_row && self.queue.len() < self.settings.max_queue_rows {
+            let room = (self.settings.max_queue_rows - self.queue.len()) as u64;
+            let first = self.queued_row;
+            let end = self.host_row.min(first + room.min(HISTORY_READ_ROWS));
+            self.enqueue(&rows_from_history(first, end));
+            if self.queued_row == first {
+                log(Level::Warn, &format!("rows {first}..{} are no longer in the host's history; W&B will miss them", self.host_row));
+                self.dropped_rows += self.host_row - first;
+                self.queued_row = self.host_row;
+                if self.queue.is_empty() {
+                    self.run.row_sent = self.host_row;
+                }
+                return;
+            }
+        }
+    }
+
+    /// Rows handed over but not yet accepted by W&B: queued or waiting in the history.
+    fn backlog(&self) -> u64 {
+        self.queue.len() as u64 + (self.host_row - self.queued_row)
     }
 
     fn step_of(&mut self, batch: &Rows, offset: usize, row: u64) -> i64 {
@@ -217,12 +286,14 @@ impl Stream {
                     column.and_then(|column| batch.columns.get(column)).and_then(|values| values.get(offset)).copied().unwrap_or(f64::NAN);
                 match (value.is_finite(), previous) {
                     (true, Some(last)) if (value as i64) <= last => {
-                        if !self.warned_backwards {
-                            self.warned_backwards = true;
+                        self.backwards_steps += 1;
+                        // The first, then every power of two: the count stays visible without a line per row.
+                        if self.backwards_steps.is_power_of_two() {
                             log(
                                 Level::Warn,
                                 &format!(
-                                    "step `{name}` went backwards at row {row} ({value} after {last}); such rows get the last step + 1 (warned once)"
+                                    "step `{name}` went backwards at row {row} ({value} after {last}); such rows get the last step + 1 ({} rows so far)",
+                                    self.backwards_steps
                                 ),
                             );
                         }
@@ -234,7 +305,6 @@ impl Stream {
             }
         };
         self.last_line_step = Some(step);
-        self.run.last_step = Some(step);
         step
     }
 
@@ -263,16 +333,17 @@ impl Stream {
             std::thread::sleep(MIN_REQUEST_GAP - now.duration_since(last));
         }
         let interval = Duration::from_secs_f64(self.settings.transmit_interval_s);
-        let transmit_due = flush || self.last_transmit.is_none_or(|last| last.elapsed() >= interval);
+        // A backlog of more than a request goes out at the allowed rate, not the interval.
+        let transmit_due = flush || self.behind() || self.last_transmit.is_none_or(|last| last.elapsed() >= interval);
         let body = if !self.queue.is_empty() && transmit_due {
             let mut content = Vec::new();
             let mut bytes = 0;
             for line in &self.queue {
-                if !content.is_empty() && bytes + line.len() > MAX_REQUEST_BYTES {
+                if !content.is_empty() && bytes + line.body_bytes > MAX_REQUEST_BYTES {
                     break;
                 }
-                bytes += line.len() + 3;
-                content.push(line.clone());
+                bytes += line.body_bytes;
+                content.push(line.text.clone());
             }
             let offset = self.run.lines_sent;
             Some((
@@ -301,31 +372,34 @@ impl Stream {
                 self.not_before = None;
                 if lines > 0 {
                     self.last_transmit = self.last_request;
-                    self.queue.drain(..lines);
+                    let last_step = self.queue.drain(..lines).next_back().map(|line| line.step);
+                    self.run.last_step = last_step.or(self.run.last_step);
                     self.run.lines_sent += lines as u64;
                     self.run.row_sent += lines as u64;
                     if let Err(error) = self.run.save() {
                         log(Level::Warn, &format!("{STATE_FILE}: {error}; a restart may resend lines"));
                     }
+                    self.fill_from_history();
                 }
                 if answer["stopped"].as_bool() == Some(true) {
-                    log(Level::Warn, "the run was stopped from the W&B interface");
+                    log(
+                        Level::Warn,
+                        &format!(
+                            "run {} was stopped from the W&B interface; as the official client does, no more data is sent to it ({} rows not sent)",
+                            self.run.run_id,
+                            self.backlog()
+                        ),
+                    );
+                    self.fatal = Some("the run was stopped from the W&B interface".into());
                 }
             }
             Outcome::Retry { reason, retry_after } => {
                 self.failures += 1;
-                let exponent = self.failures.saturating_sub(1).min(10);
-                let jitter = 1.0 + (random_u64() % 26) as f64 / 100.0;
-                let backoff = BACKOFF_FIRST.saturating_mul(1 << exponent).min(BACKOFF_LONGEST).mul_f64(jitter);
-                let wait = retry_after.unwrap_or(backoff);
+                let wait = retry_after.unwrap_or_else(|| self.backoff());
                 self.not_before = Some(Instant::now() + wait);
                 log(
                     Level::Warn,
-                    &format!(
-                        "W&B file_stream failed ({reason}); {} lines queued, retrying in {:.1} s",
-                        self.queue.len(),
-                        wait.as_secs_f64()
-                    ),
+                    &format!("W&B file_stream failed ({reason}); {} rows waiting, retrying in {:.1} s", self.backlog(), wait.as_secs_f64()),
                 );
             }
             Outcome::Fatal(reason) => {
@@ -341,23 +415,57 @@ impl Stream {
         }
     }
 
+    /// More waits than one request carries: send at the allowed rate.
+    fn behind(&self) -> bool {
+        self.queued_row < self.host_row || self.queue.iter().map(|line| line.body_bytes).sum::<usize>() > MAX_REQUEST_BYTES
+    }
+
+    /// Sends while a backlog waits, at the allowed rate, for at most `DRAIN_BUDGET`.
+    fn drain(&mut self, deadline: Instant) {
+        let deadline = deadline.min(Instant::now() + DRAIN_BUDGET);
+        while self.behind() && self.fatal.is_none() && Instant::now() < deadline {
+            if self.not_before.is_some_and(|not_before| Instant::now() < not_before) {
+                return;
+            }
+            let sent = self.run.lines_sent;
+            self.pump(true, deadline);
+            if self.run.lines_sent == sent {
+                return;
+            }
+        }
+    }
+
+    /// The finish marker, retried like any request (honouring `Retry-After`) until `deadline`.
     fn send_finish(&mut self, deadline: Instant) -> Result<(), String> {
-        let timeout = Duration::from_secs_f64(self.settings.request_timeout_s).min(deadline.saturating_duration_since(Instant::now()));
-        if let Some(last) = self.last_request
-            && last.elapsed() < MIN_REQUEST_GAP
-        {
-            std::thread::sleep(MIN_REQUEST_GAP - last.elapsed());
+        loop {
+            let timeout = Duration::from_secs_f64(self.settings.request_timeout_s).min(deadline.saturating_duration_since(Instant::now()));
+            if let Some(last) = self.last_request
+                && last.elapsed() < MIN_REQUEST_GAP
+            {
+                std::thread::sleep(MIN_REQUEST_GAP - last.elapsed());
+            }
+            self.last_request = Some(Instant::now());
+            let body = json!({ "complete": true, "exitcode": 0 });
+            match protocol::post_json(&self.history_url(), &body, timeout.max(Duration::from_millis(1)), false) {
+                Outcome::Ok(_) => return Ok(()),
+                Outcome::Fatal(reason) => return Err(reason),
+                Outcome::Retry { reason, retry_after } => {
+                    self.failures += 1;
+                    let wait = retry_after.unwrap_or_else(|| self.backoff());
+                    if Instant::now() + wait >= deadline {
+                        return Err(format!("{reason}; no time left to retry before stop_timeout_s"));
+                    }
+                    log(Level::Warn, &format!("sending the finish marker failed ({reason}); retrying in {:.1} s", wait.as_secs_f64()));
+                    std::thread::sleep(wait);
+                }
+            }
         }
-        self.last_request = Some(Instant::now());
-        match protocol::post_json(
-            &self.history_url(),
-            &json!({ "complete": true, "exitcode": 0 }),
-            timeout.max(Duration::from_millis(1)),
-            false,
-        ) {
-            Outcome::Ok(_) => Ok(()),
-            Outcome::Retry { reason, .. } | Outcome::Fatal(reason) => Err(reason),
-        }
+    }
+
+    fn backoff(&self) -> Duration {
+        let exponent = self.failures.saturating_sub(1).min(10);
+        let jitter = 1.0 + (random_u64() % 26) as f64 / 100.0;
+        BACKOFF_FIRST.saturating_mul(1 << exponent).min(BACKOFF_LONGEST).mul_f64(jitter)
     }
 }
 
@@ -412,12 +520,13 @@ impl Guest for Wandb {
         let mut stream = Stream {
             last_line_step: run.last_step,
             queued_row: run.row_sent,
+            host_row: context.next_row.max(run.row_sent),
             run,
             settings,
             run_started_ms: context.run_started_ms,
             queue: VecDeque::new(),
             summary: Map::new(),
-            warned_backwards: false,
+            backwards_steps: 0,
             last_request: None,
             last_transmit: None,
             failures: 0,
@@ -425,30 +534,28 @@ impl Guest for Wandb {
             fatal: None,
             dropped_rows: 0,
         };
-        stream.upsert(timeout)?;
-        // Rows an earlier instance took from the host but never sent.
-        let mut first = stream.queued_row;
-        while first < context.next_row {
-            let end = context.next_row.min(first + 16_384);
-            stream.enqueue(&rows_from_history(first, end));
-            if stream.queued_row == first {
-                log(Level::Warn, &format!("rows {first}..{} are no longer in the host's history; W&B will miss them", context.next_row));
-                stream.dropped_rows += context.next_row - first;
-                stream.queued_row = context.next_row;
-                stream.run.row_sent = context.next_row;
-                break;
-            }
-            first = stream.queued_row;
+        // Saved before the run is created, so that every retry of the creation (a restart
+        // of this plugin) asks for the same run id.
+        if resumed.is_none() {
+            stream.run.save().map_err(|error| ConnectorError::Unavailable(format!("{STATE_FILE}: {error}")))?;
         }
+        stream.upsert(timeout)?;
+        // Rows an earlier instance took from the host but W&B never accepted: read back from
+        // the host's history as the queue has room.
+        stream.fill_from_history();
         log(
             Level::Info,
             &format!(
-                "{} W&B run {} ({}/{}) at line {}",
+                "{} W&B run {} ({}/{}) at line {}{}",
                 if resumed.is_some() { "resuming" } else { "created" },
                 stream.run.run_id,
                 stream.run.entity.as_deref().unwrap_or("default entity"),
                 stream.run.project,
-                stream.run.lines_sent
+                stream.run.lines_sent,
+                match stream.backlog() {
+                    0 => String::new(),
+                    rows => format!(", {rows} rows to catch up"),
+                }
             ),
         );
         STREAM.with(|cell| *cell.borrow_mut() = Some(stream));
@@ -458,32 +565,16 @@ impl Guest for Wandb {
     fn update(batch: Rows) -> Result<(), ConnectorError> {
         with_stream(|stream| {
             let deadline = Instant::now() + Duration::from_secs_f64(stream.settings.request_timeout_s);
-            if !batch.timestamps_ms.is_empty() {
-                if let Some(reason) = &stream.fatal {
-                    stream.dropped_rows += batch.timestamps_ms.len() as u64;
-                    return Err(ConnectorError::Rejected(format!(
-                        "the W&B stream stopped after a fatal error ({reason}); {} rows not sent",
-                        stream.dropped_rows
-                    )));
+            if let Some(reason) = &stream.fatal {
+                if batch.timestamps_ms.is_empty() {
+                    return Ok(());
                 }
-                // A full queue while W&B answers: send at the allowed rate until there is room
-                // (within the request deadline); while W&B is down, hand the rows back. An
-                // empty queue takes any batch, however large.
-                let full = |stream: &Stream| {
-                    !stream.queue.is_empty() && stream.queue.len() + batch.timestamps_ms.len() > stream.settings.max_queue_rows
-                };
-                while full(stream) && stream.fatal.is_none() && stream.not_before.is_none() && Instant::now() < deadline {
-                    stream.pump(true, deadline);
-                }
-                if full(stream) {
-                    return Err(ConnectorError::Unavailable(format!(
-                        "W&B is not taking data; {} rows queued (max_queue_rows); the host keeps the rest",
-                        stream.queue.len()
-                    )));
-                }
-                stream.enqueue(&batch);
+                stream.dropped_rows += batch.timestamps_ms.len() as u64;
+                return Err(ConnectorError::Rejected(format!("the W&B stream stopped ({reason}); {} rows not sent", stream.dropped_rows)));
             }
+            stream.take(&batch);
             stream.pump(false, deadline);
+            stream.drain(deadline);
             Ok(())
         })
     }
@@ -491,7 +582,7 @@ impl Guest for Wandb {
     fn stop() -> Result<(), ConnectorError> {
         with_stream(|stream| {
             let deadline = Instant::now() + Duration::from_secs_f64(stream.settings.stop_timeout_s);
-            while !stream.queue.is_empty() && stream.fatal.is_none() && Instant::now() < deadline {
+            while stream.backlog() > 0 && stream.fatal.is_none() && Instant::now() < deadline {
                 if let Some(not_before) = stream.not_before {
                     let wait = not_before.saturating_duration_since(Instant::now()).min(deadline.saturating_duration_since(Instant::now()));
                     std::thread::sleep(wait);
@@ -499,17 +590,19 @@ impl Guest for Wandb {
                 stream.pump(true, deadline);
             }
             if let Some(reason) = &stream.fatal {
-                return Err(ConnectorError::Rejected(format!("the W&B stream stopped after a fatal error: {reason}")));
+                return Err(ConnectorError::Rejected(format!("the W&B stream stopped: {reason}")));
             }
-            if !stream.queue.is_empty() {
+            if stream.backlog() > 0 {
                 return Err(ConnectorError::Unavailable(format!(
                     "W&B unreachable until the stop timeout; {} rows not sent (the run stays open and resumes at the next start)",
-                    stream.queue.len()
+                    stream.backlog()
                 )));
             }
-            stream
-                .send_finish(deadline + Duration::from_secs(5))
-                .map_err(|reason| ConnectorError::Unavailable(format!("sending the finish marker: {reason}")))?;
+            stream.send_finish(deadline + Duration::from_secs(5)).map_err(|reason| {
+                ConnectorError::Unavailable(format!(
+                    "sending the finish marker: {reason} (the run stays open and is finished at the next stop)"
+                ))
+            })?;
             log(Level::Info, &format!("W&B run {} finished with {} history lines", stream.run.run_id, stream.run.lines_sent));
             Ok(())
         })
