@@ -160,6 +160,84 @@ fn regex_targets_hidden_targets_and_tables() {
     assert_eq!(items[2]["rows"][3], json!([T0 + 3000, 3.0]));
 }
 
+/// The names `/query` answers for `(rewards|rewards_av|steps)` under ad hoc `filters`.
+fn filtered(plugin: &mut IsolatedPlugin, field: &str, filters: Value) -> (u16, Value) {
+    let mut body = query(json!([{ "target": "(rewards|rewards_av|steps)", "refId": "A" }]), T0, T0 + 100_000, json!(100));
+    body[field] = filters;
+    let (status, answer) = post(plugin, "/query", body);
+    if status != 200 {
+        return (status, answer);
+    }
+    (status, answer.as_array().unwrap().iter().map(|item| item["target"].clone()).collect())
+}
+
+#[test]
+fn ad_hoc_filters_on_the_series_key_with_every_operator() {
+    let mut plugin = grafana();
+    push_rows(&mut plugin, 10, |index| index as f64);
+    let filter = |operator: &str, value: &str| json!([{ "key": "series", "operator": operator, "value": value }]);
+    for field in ["filters", "adhocFilters"] {
+        assert_eq!(filtered(&mut plugin, field, filter("=", "steps")), (200, json!(["steps"])), "{field}");
+        assert_eq!(filtered(&mut plugin, field, filter("!=", "steps")), (200, json!(["rewards", "rewards_av"])), "{field}");
+        assert_eq!(filtered(&mut plugin, field, filter("=~", "rewards.*")), (200, json!(["rewards", "rewards_av"])), "{field}");
+        // Anchored, as Grafana's Prometheus filters are: `reward` matches no whole name.
+        assert_eq!(filtered(&mut plugin, field, filter("=~", "reward")), (200, json!([])), "{field}");
+        assert_eq!(filtered(&mut plugin, field, filter("!~", "rewards.*")), (200, json!(["steps"])), "{field}");
+    }
+    // Several filters all apply.
+    let both = json!([
+        { "key": "series", "operator": "=~", "value": "rewards.*" },
+        { "key": "series", "operator": "!=", "value": "rewards_av" },
+    ]);
+    assert_eq!(filtered(&mut plugin, "filters", both), (200, json!(["rewards"])));
+    // A key no series has reads as the empty value.
+    let other = |operator: &str| json!([{ "key": "worker", "operator": operator, "value": "w1" }]);
+    assert_eq!(filtered(&mut plugin, "filters", other("=")), (200, json!([])));
+    assert_eq!(filtered(&mut plugin, "filters", other("!=")), (200, json!(["rewards", "rewards_av", "steps"])));
+    // What cannot apply is a 400 that says why.
+    let (status, answer) = filtered(&mut plugin, "filters", filter("<", "3"));
+    assert_eq!(status, 400);
+    assert_eq!(answer["error"]["code"], "bad_filter");
+    assert!(answer["error"]["message"].as_str().unwrap().contains("operator `<`"), "{answer}");
+    let (status, answer) = filtered(&mut plugin, "adhocFilters", filter("=~", "(unclosed"));
+    assert_eq!((status, answer["error"]["code"].as_str()), (400, Some("bad_filter")));
+    let (status, _) = filtered(&mut plugin, "filters", json!({ "key": "series" }));
+    assert_eq!(status, 400);
+}
+
+#[test]
+fn tag_values_answer_for_the_key_asked() {
+    let mut plugin = grafana();
+    push_rows(&mut plugin, 3, |index| index as f64);
+    let (status, keys) = post(&mut plugin, "/tag-keys", json!({}));
+    assert_eq!((status, keys[0]["text"].as_str()), (200, Some("series")));
+    let (_, values) = post(&mut plugin, "/tag-values", json!({ "key": "series" }));
+    let names: Vec<&str> = values.as_array().unwrap().iter().filter_map(|value| value["text"].as_str()).collect();
+    assert!(names.contains(&"rewards") && names.contains(&"n_env_steps"), "{values}");
+    assert_eq!(post(&mut plugin, "/tag-values", json!({ "key": "worker" })), (200, json!([])));
+}
+
+#[test]
+fn a_trailing_slash_in_the_datasource_url_and_a_lowercase_scheme_still_work() {
+    let options =
+        IsolationOptions { plugin_config: toml::from_str("basic_auth = \"grafana:pw\"\n").unwrap(), ..IsolationOptions::default() };
+    let mut plugin = IsolatedPlugin::load(&connector("grafana"), options).unwrap();
+    plugin.start().unwrap();
+    // "grafana:pw" in base64.
+    let with = |target: &str, authorization: &str| telemetry_testkit::Request {
+        method: "POST".into(),
+        target: target.into(),
+        query: String::new(),
+        headers: vec![("Authorization".into(), authorization.into())],
+        body: b"{}".to_vec(),
+    };
+    for authorization in ["Basic Z3JhZmFuYTpwdw==", "basic Z3JhZmFuYTpwdw==", "BASIC  Z3JhZmFuYTpwdw=="] {
+        assert_eq!(plugin.request_raw(&with("/metrics", authorization)).unwrap().status, 200, "{authorization}");
+    }
+    assert_eq!(plugin.request_raw(&with("//metrics", "Basic Z3JhZmFuYTpwdw==")).unwrap().status, 200);
+    assert_eq!(plugin.request_raw(&with("/metrics", "basic Z3JhZmFuYTp3cm9uZw==")).unwrap().status, 401);
+}
+
 #[test]
 fn step_x_axis_places_points_at_their_step() {
     let mut plugin = grafana();

@@ -182,8 +182,31 @@ fn header<'a>(request: &'a Request, name: &str) -> Option<&'a str> {
     request.headers.iter().find(|(key, _)| key.eq_ignore_ascii_case(name)).map(|(_, value)| value.as_str())
 }
 
+/// The path with runs of slashes made one: a datasource URL ending in `/` asks for `//query`.
+fn normalised_path(target: &str) -> String {
+    let mut path = String::with_capacity(target.len());
+    for character in target.chars() {
+        if !(character == '/' && path.ends_with('/')) {
+            path.push(character);
+        }
+    }
+    path
+}
+
+/// `Authorization` as given, its scheme compared case-insensitively (RFC 9110 11.1).
+fn authorized(given: Option<&str>, expected: &str) -> bool {
+    let split = |value: &str| value.split_once(' ').map(|(scheme, rest)| (scheme.to_string(), rest.trim().to_string()));
+    match (given.and_then(split), split(expected)) {
+        (Some((scheme, credentials)), Some((expected_scheme, expected_credentials))) => {
+            scheme.eq_ignore_ascii_case(&expected_scheme) && credentials == expected_credentials
+        }
+        _ => false,
+    }
+}
+
 fn route(request: &Request, settings: &Settings) -> Answer {
-    let path = request.target.as_str();
+    let path = normalised_path(&request.target);
+    let path = path.as_str();
     let Some((_, methods)) = ROUTES.iter().find(|(route, _)| *route == path) else {
         return Answer::error(404, "not_found", &format!("no endpoint {path}; see /openapi.json"));
     };
@@ -204,7 +227,7 @@ fn route(request: &Request, settings: &Settings) -> Answer {
         return answer;
     }
     if let Some(expected) = &settings.authorization
-        && header(request, "authorization") != Some(expected.as_str())
+        && !authorized(header(request, "authorization"), expected)
     {
         let mut answer = Answer::error(401, "unauthorized", "missing or wrong credentials");
         let scheme = if expected.starts_with("Basic") { "Basic realm=\"telemetry-host\"" } else { "Bearer" };
@@ -251,8 +274,8 @@ fn route(request: &Request, settings: &Settings) -> Answer {
         "/metrics" => Ok(query::metrics(settings)),
         "/metric-payload-options" => Ok(query::payload_options(&body, settings)),
         "/variable" => query::variable(&body),
-        "/tag-keys" => Ok(json!([{ "type": "string", "text": "series" }])),
-        "/tag-values" => Ok(query::tag_values()),
+        "/tag-keys" => Ok(json!([{ "type": "string", "text": query::SERIES_KEY }])),
+        "/tag-values" => Ok(query::tag_values(&body)),
         "/search" => query::search(&body),
         "/annotations" => Ok(json!([])),
         _ => unreachable!("every route is handled"),

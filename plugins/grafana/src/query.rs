@@ -37,8 +37,79 @@ pub fn payload_options(body: &Value, settings: &Settings) -> Value {
     Value::Array(payload_option_values(body["name"].as_str().unwrap_or(""), settings))
 }
 
-pub fn tag_values() -> Value {
-    Value::Array(history::series_names().into_iter().map(|name| json!({ "text": name })).collect())
+/// The ad hoc filter key this endpoint advertises: the series name.
+pub const SERIES_KEY: &str = "series";
+
+pub fn tag_values(body: &Value) -> Value {
+    match body["key"].as_str() {
+        Some(SERIES_KEY) => Value::Array(history::series_names().into_iter().map(|name| json!({ "text": name })).collect()),
+        _ => json!([]),
+    }
+}
+
+/// One ad hoc filter (`filters`, or the older `adhocFilters`), on the series name. A key
+/// other than `series` is a label no series has, so its value is the empty string, as
+/// Prometheus treats a missing label.
+struct Filter {
+    on_series: bool,
+    negated: bool,
+    test: FilterTest,
+}
+
+enum FilterTest {
+    Equals(String),
+    Matches(regex_lite::Regex),
+}
+
+impl Filter {
+    fn parse(filter: &Value, index: usize) -> Result<Filter, Answer> {
+        let field = |name: &str| {
+            filter[name].as_str().ok_or_else(|| Answer::error(400, "bad_filter", &format!("filters[{index}].{name} must be a string")))
+        };
+        let (key, operator, value) = (field("key")?, field("operator")?, field("value")?);
+        let (negated, test) = match operator {
+            "=" | "!=" => (operator == "!=", FilterTest::Equals(value.to_string())),
+            "=~" | "!~" => {
+                let regex = regex_lite::Regex::new(&format!("^(?:{value})$")).map_err(|error| {
+                    Answer::error(400, "bad_filter", &format!("filters[{index}]: `{value}` is not a valid regex: {error}"))
+                })?;
+                (operator == "!~", FilterTest::Matches(regex))
+            }
+            other => {
+                return Err(Answer::error(
+                    400,
+                    "bad_filter",
+                    &format!("filters[{index}]: operator `{other}` does not apply to series names (use =, !=, =~ or !~)"),
+                ));
+            }
+        };
+        Ok(Filter { on_series: key == SERIES_KEY, negated, test })
+    }
+
+    fn admits(&self, series: &str) -> bool {
+        let value = if self.on_series { series } else { "" };
+        let hit = match &self.test {
+            FilterTest::Equals(expected) => value == expected,
+            FilterTest::Matches(regex) => regex.is_match(value),
+        };
+        hit != self.negated
+    }
+}
+
+fn filters(body: &Value) -> Result<Vec<Filter>, Answer> {
+    let mut parsed = Vec::new();
+    for field in ["filters", "adhocFilters"] {
+        match &body[field] {
+            Value::Null => {}
+            Value::Array(filters) => {
+                for (index, filter) in filters.iter().enumerate() {
+                    parsed.push(Filter::parse(filter, index)?);
+                }
+            }
+            _ => return Err(Answer::error(400, "bad_filter", &format!("`{field}` must be an array"))),
+        }
+    }
+    Ok(parsed)
 }
 
 /// Series matching `pattern`: the exact name first, then the pattern as an anchored
@@ -165,6 +236,7 @@ pub fn query(body: &Value, settings: &Settings) -> Result<String, Answer> {
         return Err(Answer::error(400, "bad_request", "`targets` must be an array"));
     };
     let span = time_span(body)?;
+    let filters = filters(body)?;
     let names = history::series_names();
     let mut answer = String::with_capacity(64 + points as usize * 40);
     answer.push('[');
@@ -179,7 +251,7 @@ pub fn query(body: &Value, settings: &Settings) -> Result<String, Answer> {
         let payload = &target["payload"];
         let by_step = payload[X_AXIS].as_str() == Some("step");
         let table = payload[FORMAT].as_str() == Some("table") || target["type"].as_str() == Some("table");
-        for series in matching_series(pattern, &names)? {
+        for series in matching_series(pattern, &names)?.into_iter().filter(|series| filters.iter().all(|filter| filter.admits(series))) {
             // The host's points come in row order, and row timestamps never go backwards.
             let (times_ms, values) = if by_step {
                 step_points(&series, points, settings)?
