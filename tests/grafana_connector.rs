@@ -11,7 +11,13 @@ const SERIES: usize = 10;
 const T0: i64 = 1_700_000_000_000;
 
 fn grafana() -> IsolatedPlugin {
-    let mut plugin = IsolatedPlugin::load(&connector("grafana"), IsolationOptions::default()).unwrap();
+    grafana_with("")
+}
+
+/// The connector started with `config` (TOML) as its `[plugins.grafana.config]`.
+fn grafana_with(config: &str) -> IsolatedPlugin {
+    let options = IsolationOptions { plugin_config: toml::from_str(config).unwrap(), ..IsolationOptions::default() };
+    let mut plugin = IsolatedPlugin::load(&connector("grafana"), options).unwrap();
     plugin.start().unwrap();
     plugin
 }
@@ -219,10 +225,7 @@ fn tag_values_answer_for_the_key_asked() {
 
 #[test]
 fn a_trailing_slash_in_the_datasource_url_and_a_lowercase_scheme_still_work() {
-    let options =
-        IsolationOptions { plugin_config: toml::from_str("basic_auth = \"grafana:pw\"\n").unwrap(), ..IsolationOptions::default() };
-    let mut plugin = IsolatedPlugin::load(&connector("grafana"), options).unwrap();
-    plugin.start().unwrap();
+    let mut plugin = grafana_with("basic_auth = \"grafana:pw\"\n");
     // "grafana:pw" in base64.
     let with = |target: &str, authorization: &str| telemetry_testkit::Request {
         method: "POST".into(),
@@ -257,10 +260,7 @@ fn a_query_without_targets_is_an_empty_array_as_the_spec_wants() {
 
 #[test]
 fn a_query_without_targets_can_keep_the_original_answer() {
-    let options =
-        IsolationOptions { plugin_config: toml::from_str("original_untargeted_answer = true\n").unwrap(), ..IsolationOptions::default() };
-    let mut plugin = IsolatedPlugin::load(&connector("grafana"), options).unwrap();
-    plugin.start().unwrap();
+    let mut plugin = grafana_with("original_untargeted_answer = true\n");
     push_rows(&mut plugin, 101, |index| index as f64);
     let (status, answer) = post(&mut plugin, "/query", json!({ "maxDataPoints": 5 }));
     assert_eq!(status, 200);
@@ -303,12 +303,7 @@ fn bad_requests_get_a_400_with_message_and_error_never_a_500() {
 
 #[test]
 fn auth_and_cors_come_from_the_config() {
-    let options = IsolationOptions {
-        plugin_config: toml::from_str("bearer_token = \"s3cret\"\ncors_origin = \"*\"\n").unwrap(),
-        ..IsolationOptions::default()
-    };
-    let mut plugin = IsolatedPlugin::load(&connector("grafana"), options).unwrap();
-    plugin.start().unwrap();
+    let mut plugin = grafana_with("bearer_token = \"s3cret\"\ncors_origin = \"*\"\n");
     let response = plugin.request("POST", "/metrics", b"{}").unwrap();
     assert_eq!(response.status, 401);
     assert!(response.headers.iter().any(|(name, value)| name == "access-control-allow-origin" && value == "*"));
