@@ -131,6 +131,50 @@ fn downsampling_keeps_spikes_first_last_and_gaps_as_null() {
     assert_eq!(answer[0]["datapoints"][5], json!([null, T0 + 5_000]));
 }
 
+/// A run of missing values (rows 2,000-2,099) shows as a null at every zoom, not only
+/// where it touches a bucket edge.
+#[test]
+fn a_gap_is_a_null_at_every_zoom() {
+    let mut plugin = grafana();
+    push_rows(&mut plugin, 100_000, |index| if (2_000..2_100).contains(&index) { f64::NAN } else { (index % 13) as f64 });
+    let in_gap = |point: &Value| point[0].is_null() && (T0 + 2_000_000..T0 + 2_100_000).contains(&point[1].as_i64().unwrap());
+    let mut zooms = 0;
+    for (from_row, to_row) in [(0, 99_999), (0, 9_999), (1_000, 3_000), (1_990, 2_110), (1_500, 50_000)] {
+        for max_points in [5, 7, 10, 50, 100, 333, 1000] {
+            let range = (T0 + from_row * 1000, T0 + to_row * 1000);
+            let request = query(json!([{ "target": "rewards", "refId": "A" }]), range.0, range.1, json!(max_points));
+            let (_, answer) = post(&mut plugin, "/query", request);
+            let points = answer[0]["datapoints"].as_array().unwrap();
+            assert!(points.len() <= max_points, "rows {from_row}-{to_row} at {max_points}: {} points", points.len());
+            assert!(points.iter().any(in_gap), "rows {from_row}-{to_row} at {max_points} points: no null in {points:?}");
+            assert_eq!(points.iter().filter(|point| point[0].is_null()).count(), points.iter().filter(|point| in_gap(point)).count());
+            zooms += 1;
+        }
+    }
+    assert_eq!(zooms, 35);
+}
+
+/// `maxDataPoints` 1 to 3 keep the extremes first, then the last point.
+#[test]
+fn one_to_three_points_keep_the_extremes_then_the_last() {
+    let mut plugin = grafana();
+    push_rows(&mut plugin, 10_000, |index| match index {
+        4_321 => 1e6,
+        8_765 => -1e6,
+        _ => (index % 10) as f64,
+    });
+    let expected = [
+        vec![json!([1e6, T0 + 4_321_000])],
+        vec![json!([1e6, T0 + 4_321_000]), json!([-1e6, T0 + 8_765_000])],
+        vec![json!([1e6, T0 + 4_321_000]), json!([-1e6, T0 + 8_765_000]), json!([9.0, T0 + 9_999_000])],
+    ];
+    for (max_points, points) in (1..).zip(expected) {
+        let request = query(json!([{ "target": "rewards", "refId": "A" }]), T0, T0 + 10_000_000, json!(max_points));
+        let (_, answer) = post(&mut plugin, "/query", request);
+        assert_eq!(answer[0]["datapoints"], json!(points), "{max_points} points");
+    }
+}
+
 #[test]
 fn absurd_max_data_points_are_clamped() {
     let mut plugin = grafana();
@@ -242,13 +286,69 @@ fn a_trailing_slash_in_the_datasource_url_and_a_lowercase_scheme_still_work() {
 }
 
 #[test]
-fn step_x_axis_places_points_at_their_step() {
+fn step_x_axis_maps_steps_onto_the_runs_span_and_applies_the_range_in_steps() {
     let mut plugin = grafana();
-    push_rows(&mut plugin, 10, |index| index as f64 * 2.0);
-    // Column 4 is n_env_steps, the step key of the default config: the row index here.
+    // 101 rows one second apart whose step (n_env_steps, column 4, the default step key)
+    // grows as 10 * row^2: from 0 to 100,000 over the run's 100 s, so step s sits at
+    // T0 + s ms.
+    let history = plugin.history_mut();
+    for index in 0..=100 {
+        let mut row = vec![index as f64; SERIES];
+        row[4] = (10 * index * index) as f64;
+        history.push_row(T0 + index as i64 * 1000, &row).unwrap();
+    }
+    history.commit().unwrap();
     let targets = json!([{ "target": "rewards", "refId": "A", "payload": { "x_axis": "step" } }]);
-    let (_, answer) = post(&mut plugin, "/query", query(targets, 0, 1, json!(100)));
-    assert_eq!(answer[0]["datapoints"][3], json!([6.0, 3]));
+    let (_, whole) = post(&mut plugin, "/query", query(targets.clone(), T0 - 3_600_000, T0 + 3_600_000, json!(1000)));
+    let points = whole[0]["datapoints"].as_array().unwrap();
+    assert_eq!(points.len(), 101, "every point inside the dashboard's range");
+    assert_eq!(points[50], json!([50.0, T0 + 25_000]));
+    assert_eq!(points[100], json!([100.0, T0 + 100_000]));
+    // Steps 25,000 to 50,000 through the same mapping: rows 50 to 70.
+    let (_, zoomed) = post(&mut plugin, "/query", query(targets, T0 + 25_000, T0 + 50_000, json!(1000)));
+    let expected: Vec<Value> = (50..=70).map(|index| json!([index as f64, T0 + 10 * index * index])).collect();
+    assert_eq!(zoomed[0]["datapoints"], json!(expected));
+}
+
+/// The shipped dashboard, asked what simPod's plugin (0.6 and later) asks of it: its
+/// variable stored as `{query, format}` (a `string` query sent as `{payload: {target}}`)
+/// and every panel's targets, which all get points.
+#[test]
+fn the_shipped_dashboard_works_as_simpods_plugin_reads_it() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/grafana/dashboards/training-run.json");
+    let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut plugin = grafana();
+    push_rows(&mut plugin, 300, |index| index as f64);
+    let variable = &dashboard["templating"]["list"][0];
+    let stored = &variable["query"];
+    assert_eq!(stored["format"], "string", "the variable is stored in the shape simPod's editor writes: {stored}");
+    let payload = json!({ "target": stored["query"].as_str().expect("a string query") });
+    let (status, values) = post(&mut plugin, "/variable", json!({ "payload": payload, "range": {} }));
+    assert_eq!(status, 200);
+    let listed: Vec<&str> = values.as_array().unwrap().iter().map(|value| value["__value"].as_str().unwrap()).collect();
+    assert!(listed.contains(&"rewards") && listed.contains(&"rewards_av") && listed.len() >= SERIES, "{listed:?}");
+    for panel in dashboard["panels"].as_array().unwrap() {
+        let targets: Vec<Value> = panel["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|target| {
+                let mut target = target.clone();
+                // The variable's current value, as Grafana interpolates it.
+                if target["target"] == "$series" {
+                    target["target"] = json!("rewards_av");
+                }
+                target
+            })
+            .collect();
+        let (status, answer) = post(&mut plugin, "/query", query(json!(targets), T0, T0 + 299_000, json!(800)));
+        assert_eq!(status, 200, "panel {}: {answer}", panel["title"]);
+        let answered = answer.as_array().unwrap();
+        assert_eq!(answered.len(), targets.len(), "panel {}: one series per target", panel["title"]);
+        for series in answered {
+            assert_eq!(series["datapoints"].as_array().unwrap().len(), 300, "panel {}: {}", panel["title"], series["target"]);
+        }
+    }
 }
 
 #[test]
@@ -374,10 +474,14 @@ fn end_to_end_through_the_host_http_server() {
         assert_eq!(points[0][0], json!(-50.0), "the first sample's reward");
         let missing = client.post(format!("{base}/../other")).send().await.unwrap();
         assert_eq!(missing.status(), 404);
-        let outside = client.get(format!("{}/elsewhere", base.trim_end_matches("/grafana"))).send().await.unwrap();
-        assert_eq!(outside.status(), 404);
+        // Answered before their bodies are read, so the server closes these connections
+        // and says so.
+        let outside = client.post(format!("{}/elsewhere", base.trim_end_matches("/grafana"))).body("{}").send().await.unwrap();
+        assert_eq!((outside.status().as_u16(), outside.headers().get("connection").unwrap()), (404, &"close".parse().unwrap()));
         let big = client.post(format!("{base}/query")).body(vec![b' '; 2 << 20]).send().await.unwrap();
-        assert_eq!(big.status(), 413);
+        assert_eq!((big.status().as_u16(), big.headers().get("connection").unwrap()), (413, &"close".parse().unwrap()));
+        let after = client.get(format!("{base}/")).send().await.unwrap();
+        assert_eq!(after.status(), 200, "the client's next request gets a fresh connection");
     });
     served.shutdown();
 }

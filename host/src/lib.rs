@@ -9,6 +9,7 @@
 //! - [`capabilities`]: what a plugin may be granted, one module each;
 //! - [`node`]: the `run` command tying them together;
 //! - [`metrics`]: the host's own figures for Prometheus;
+//! - [`http_error`]: the error answer of every HTTP route;
 //! - [`isolation`]: one plugin alone, for `plugin test` and the test kit.
 
 pub mod bindings;
@@ -16,6 +17,7 @@ pub mod callbacks;
 pub mod capabilities;
 pub mod config;
 pub mod history;
+pub mod http_error;
 pub mod ingest;
 pub mod isolation;
 pub mod metrics;

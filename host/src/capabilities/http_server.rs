@@ -10,10 +10,10 @@ use anyhow::{Context, Result};
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderName, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use axum::response::Response;
 
 use crate::bindings::http_types::Request;
+use crate::http_error::{closing, error};
 use crate::plugins::manifest::ListenGrant;
 use crate::plugins::runner::HttpEndpoint;
 
@@ -115,16 +115,13 @@ async fn bind(address: &str, routes: Vec<Route>, max_body_bytes: usize, host_rou
     Ok(BoundServer { address, plugins, shutdown, task })
 }
 
-fn error_response(status: StatusCode, code: &str, message: String) -> Response {
-    (status, axum::Json(json!({ "message": message, "error": { "code": code, "message": message } }))).into_response()
-}
-
 async fn forward(State(state): State<Routes>, request: axum::extract::Request) -> Response {
     let path = request.uri().path().to_string();
     let Some(route) = state.routes.iter().find(|route| {
         route.prefix.is_empty() || path == route.prefix || path.strip_prefix(&route.prefix).is_some_and(|rest| rest.starts_with('/'))
     }) else {
-        return error_response(StatusCode::NOT_FOUND, "not_found", format!("no plugin serves {path}"));
+        // Unread, the request's body would stand where the next request should.
+        return closing(error(StatusCode::NOT_FOUND, "not_found", &format!("no plugin serves {path}")));
     };
     let inner_path = match &path[route.prefix.len()..] {
         "" => "/".to_string(),
@@ -134,11 +131,8 @@ async fn forward(State(state): State<Routes>, request: axum::extract::Request) -
     let body = match axum::body::to_bytes(body, state.max_body_bytes).await {
         Ok(body) => body,
         Err(_) => {
-            return error_response(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
-                format!("request body exceeds {} bytes", state.max_body_bytes),
-            );
+            let message = format!("request body exceeds {} bytes", state.max_body_bytes);
+            return closing(error(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", &message));
         }
     };
     let request = Request {
@@ -156,18 +150,11 @@ async fn forward(State(state): State<Routes>, request: axum::extract::Request) -
     let response = match answer {
         Ok(Some(response)) => response,
         Ok(None) => {
-            return error_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "plugin_stopped",
-                format!("plugin `{}` has stopped", route.endpoint.plugin),
-            );
+            return error(StatusCode::SERVICE_UNAVAILABLE, "plugin_stopped", &format!("plugin `{}` has stopped", route.endpoint.plugin));
         }
         Err(_) => {
-            return error_response(
-                StatusCode::GATEWAY_TIMEOUT,
-                "plugin_timeout",
-                format!("plugin `{}` did not answer in time", route.endpoint.plugin),
-            );
+            let message = format!("plugin `{}` did not answer in time", route.endpoint.plugin);
+            return error(StatusCode::GATEWAY_TIMEOUT, "plugin_timeout", &message);
         }
     };
     plugin_response(&route.endpoint.plugin, response)
@@ -184,7 +171,7 @@ pub const MAX_PLUGIN_RESPONSE_BYTES: usize = 64 << 20;
 /// the next client read a forged answer), its status must be 100-599 and not 1xx, and
 /// its size is capped.
 fn plugin_response(plugin: &str, response: crate::bindings::http_types::Response) -> Response {
-    let bad = |message: String| error_response(StatusCode::BAD_GATEWAY, "bad_plugin_response", format!("plugin `{plugin}` {message}"));
+    let bad = |message: String| error(StatusCode::BAD_GATEWAY, "bad_plugin_response", &format!("plugin `{plugin}` {message}"));
     let status = match StatusCode::from_u16(response.status) {
         Ok(status) if (200..600).contains(&status.as_u16()) => status,
         _ => return bad(format!("answered status {}, which is not a final HTTP status (200-599)", response.status)),

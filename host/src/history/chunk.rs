@@ -24,13 +24,17 @@ compile_error!("history chunks are stored little-endian and read in place: big-e
 pub const CHUNK_ROWS: usize = 32_768;
 /// Summary levels per series: blocks of 16, 32, ... 32768 rows.
 pub const LEVELS: usize = (CHUNK_ROWS / BLOCK_ROWS).trailing_zeros() as usize + 1;
-const MAGIC: u64 = u64::from_le_bytes(*b"THCHUNK4");
+const MAGIC: u64 = u64::from_le_bytes(*b"THCHUNK5");
 /// Chunks of earlier formats, whose rows are laid out as now but whose summaries are not
 /// (version 1: extremes without times; version 2: extremes of blocks from 8 rows up,
-/// without first and last points); rewritten when opened.
-const EARLIER_MAGICS: [u64; 2] = [u64::from_le_bytes(*b"THCHUNK1"), u64::from_le_bytes(*b"THCHUNK2")];
-/// Version 3: the current layout without a checksum; one is added when opened.
-const UNCHECKED_MAGIC: u64 = u64::from_le_bytes(*b"THCHUNK3");
+/// without first and last points; version 3: no checksum; version 4: no gaps in the
+/// summaries); their summaries are rebuilt from their rows when opened.
+const EARLIER_MAGICS: [u64; 4] = [
+    u64::from_le_bytes(*b"THCHUNK1"),
+    u64::from_le_bytes(*b"THCHUNK2"),
+    u64::from_le_bytes(*b"THCHUNK3"),
+    u64::from_le_bytes(*b"THCHUNK4"),
+];
 /// Header word holding the checksum of the body.
 const CHECKSUM_WORD: usize = 4;
 const HEADER_WORDS: usize = 8;
@@ -133,12 +137,9 @@ impl Chunk {
         let expected = chunk_words(series) * 8;
         ensure!(map.len() == expected, "{}: {} bytes, a chunk of {series} series has {expected}", path.display(), map.len());
         let header: &[u64] = bytemuck::try_cast_slice(&map[..HEADER_WORDS * 8]).map_err(|e| anyhow::anyhow!("{e:?}"))?;
-        ensure!(header[0] == MAGIC || header[0] == UNCHECKED_MAGIC, "{}: not a history chunk", path.display());
+        ensure!(header[0] == MAGIC, "{}: not a history chunk", path.display());
         check_shape(path, header, series)?;
         let checksum = u64::from(crc32fast::hash(&map[HEADER_WORDS * 8..]));
-        if header[0] == UNCHECKED_MAGIC {
-            return Chunk::add_checksum(path, series, &map, checksum, access);
-        }
         ensure!(
             header[CHECKSUM_WORD] == checksum,
             "{}: damaged: its checksum is {:08x}, its contents give {checksum:08x}; the file was changed after it was \
@@ -147,22 +148,6 @@ impl Chunk {
             header[CHECKSUM_WORD]
         );
         Ok(Chunk { first_row: header[1], bytes: Bytes::Mapped(map), series })
-    }
-
-    /// A chunk of version 3 (no checksum) with its checksum added.
-    fn add_checksum(path: &Path, series: usize, map: &[u8], checksum: u64, access: Access) -> Result<Chunk> {
-        let mut words: Vec<u64> = map.chunks_exact(8).map(|word| u64::from_le_bytes(word.try_into().expect("8 bytes"))).collect();
-        words[0] = MAGIC;
-        words[CHECKSUM_WORD] = checksum;
-        let chunk = Chunk { first_row: words[1], bytes: Bytes::Owned(words), series };
-        match access {
-            Access::ReadOnly => Ok(chunk),
-            Access::Writer => {
-                tracing::info!("adding a checksum to {}", path.display());
-                let (dir, name) = split_path(path)?;
-                chunk.persist(dir, name)
-            }
-        }
     }
 
     /// Rewrites a chunk of an earlier format: its rows are the same, its summaries are

@@ -284,16 +284,18 @@ impl Snapshot {
             return Ok(points);
         }
         let mut reader = SeriesReader::new(self, series);
-        if max_points < 4 {
-            // Too few points for a bucket's four: evenly spaced rows, first and last kept.
-            let span = end - start - 1;
-            for index in 0..max_points {
-                let row = start + if max_points == 1 { 0 } else { index * span / (max_points - 1) };
-                points.push(row, reader.point(row));
-            }
+        // A span with a gap keeps five points per bucket (the gap as a NaN point), so it
+        // gets fewer buckets: the answer stays within `max_points` either way.
+        let has_gap = reader.extremes(start, end).gap().is_some();
+        let per_bucket = if has_gap { 5 } else { 4 };
+        if max_points < per_bucket {
+            // Too few points for a bucket's own: the whole span as one bucket, keeping
+            // what matters most first (the extremes, then the last point, the gap, the first).
+            let whole = reader.summary(start, end);
+            points.push_bucket(start, end - 1, &whole, max_points);
             return Ok(points);
         }
-        let buckets = Buckets::over(start, end, max_points / 4);
+        let buckets = Buckets::over(start, end, max_points / per_bucket);
         for (first, stop) in buckets.iter() {
             // A whole bucket of summarised blocks is answered from their summaries alone.
             let summarised = buckets.blocks.filter(|_| stop - first == buckets.width).and_then(|(level, per_bucket)| {
@@ -304,7 +306,7 @@ impl Snapshot {
                 Some(merged)
             });
             let block = summarised.unwrap_or_else(|| reader.summary(first, stop));
-            points.push_bucket(first, stop - 1, &block);
+            points.push_bucket(first, stop - 1, &block, per_bucket);
         }
         Ok(points)
     }
@@ -438,23 +440,32 @@ impl Points {
         self.values.push(value);
     }
 
-    /// Appends the first, minimum, maximum and last points of the bucket of rows
-    /// `first..=last` summarised by `block`, in row order, each row once.
-    fn push_bucket(&mut self, first: usize, last: usize, block: &Block) {
+    /// Appends at most `keep` of the points of the bucket of rows `first..=last` summarised
+    /// by `block`, in row order, each row once: its maximum, minimum, last point, first
+    /// row without a value (a NaN point, so the gap shows) and first point, chosen in that
+    /// order when not all fit.
+    fn push_bucket(&mut self, first: usize, last: usize, block: &Block, keep: usize) {
         let extremes = &block.extremes;
-        let (first_point, last_point) = ((first, (block.first_ms, block.first)), (last, (block.last_ms, block.last)));
-        let mut kept = [first_point, first_point, first_point, last_point];
+        let mut kept: [Option<(usize, (i64, f64))>; 5] = [None; 5];
         if !extremes.is_empty() {
-            let low = (extremes.min_row as usize, (extremes.min_ms, extremes.min));
-            let high = (extremes.max_row as usize, (extremes.max_ms, extremes.max));
-            (kept[1], kept[2]) = if low.0 <= high.0 { (low, high) } else { (high, low) };
+            kept[0] = Some((extremes.max_row as usize, (extremes.max_ms, extremes.max)));
+            kept[1] = Some((extremes.min_row as usize, (extremes.min_ms, extremes.min)));
         }
-        let mut previous = usize::MAX;
-        for (row, point) in kept {
-            if row != previous {
-                self.push(row, point);
-                previous = row;
+        kept[2] = Some((last, (block.last_ms, block.last)));
+        kept[3] = extremes.gap().map(|(row, ms)| (row as usize, (ms, f64::NAN)));
+        kept[4] = Some((first, (block.first_ms, block.first)));
+        let mut chosen: [Option<(usize, (i64, f64))>; 5] = [None; 5];
+        let mut count = 0;
+        for point in kept.into_iter().flatten() {
+            if count < keep && !chosen[..count].iter().flatten().any(|(row, _)| *row == point.0) {
+                chosen[count] = Some(point);
+                count += 1;
             }
+        }
+        let chosen = &mut chosen[..count];
+        chosen.sort_unstable_by_key(|point| point.map(|(row, _)| row));
+        for (row, point) in chosen.iter().flatten() {
+            self.push(*row, *point);
         }
     }
 }
@@ -487,10 +498,20 @@ mod tests {
         assert_eq!(points.rows.last(), Some(&9999));
         assert!(points.rows.contains(&4321) && points.rows.contains(&8765));
         assert!(points.rows.windows(2).all(|pair| pair[0] < pair[1]));
-        for max_points in 1..8 {
+        // Fewer points than a bucket keeps: the extremes first, then the last row, then the gap.
+        let expected: [&[u64]; 8] = [
+            &[4321],
+            &[4321, 8765],
+            &[4321, 8765, 9999],
+            &[0, 4321, 8765, 9999],
+            &[0, 4321, 8765, 9999],
+            &[0, 4321, 8765, 9999],
+            &[0, 4321, 8765, 9999],
+            &[0, 4321, 8765, 9999],
+        ];
+        for (max_points, rows) in (1..).zip(expected) {
             let points = history.downsample("x", Span::All, max_points).unwrap();
-            assert!(points.values.len() <= max_points as usize, "{max_points}");
-            assert_eq!(points.rows.first(), Some(&0));
+            assert_eq!(points.rows, rows, "{max_points} points");
         }
     }
 
@@ -544,9 +565,16 @@ mod tests {
                 assert_eq!((*ms, value.to_bits()), (1000 + *row as i64, values[*row as usize].to_bits()), "row {row}");
             }
             let kept: Vec<usize> = points.rows.iter().map(|row| *row as usize).collect();
-            for bucket in Buckets::over(first as usize, (first + count) as usize, max_points as usize / 4).iter() {
+            // Every span here has a gap: five points per bucket; four points are one bucket
+            // whose extremes, last point and gap are kept.
+            let whole = max_points < 5;
+            let buckets = Buckets::over(first as usize, (first + count) as usize, max_points as usize / 5);
+            for bucket in buckets.iter() {
                 let inside: Vec<usize> = kept.iter().copied().filter(|row| (bucket.0..bucket.1).contains(row)).collect();
-                assert!(inside.contains(&bucket.0) && inside.contains(&(bucket.1 - 1)), "{bucket:?}: {inside:?}");
+                assert!(whole || inside.contains(&bucket.0), "{bucket:?}: {inside:?}");
+                assert!(inside.contains(&(bucket.1 - 1)), "{bucket:?}: {inside:?}");
+                let gap = values[bucket.0..bucket.1].iter().any(|value| value.is_nan());
+                assert_eq!(gap, inside.iter().any(|row| values[*row].is_nan()), "{bucket:?}: a gap shows as a NaN point");
                 let finite: Vec<f64> = values[bucket.0..bucket.1].iter().copied().filter(|value| !value.is_nan()).collect();
                 let low = finite.iter().copied().fold(f64::INFINITY, f64::min);
                 let high = finite.iter().copied().fold(f64::NEG_INFINITY, f64::max);

@@ -596,8 +596,9 @@ mod tests {
     #[test]
     fn a_chunk_of_an_earlier_format_is_rewritten_and_reads_the_same() {
         // Earlier layouts: the same header and rows, then summaries of four words per
-        // block (version 1), then of six words (version 2), without block edges.
-        for (magic, words_per_block) in [(b"THCHUNK1", 4), (b"THCHUNK2", 6)] {
+        // block (version 1), of six words (version 2), of ten words without a checksum
+        // (version 3) and with one (version 4). Only the rows are read back.
+        for (magic, words_per_block) in [(b"THCHUNK1", 4), (b"THCHUNK2", 6), (b"THCHUNK3", 10), (b"THCHUNK4", 10)] {
             let dir = tempfile::tempdir().unwrap();
             let names = vec!["x".to_string(), "row".to_string()];
             let mut history = History::open(dir.path(), names.clone()).unwrap();
@@ -616,7 +617,7 @@ mod tests {
             let reopened = History::open(dir.path(), names).unwrap();
             assert_eq!(reopened.row_count(), 40_000);
             assert_eq!(bits(&reopened.snapshot().downsample("x", Span::All, 1000).unwrap()), bits(&expected));
-            assert_eq!(&std::fs::read(&path).unwrap()[..8], b"THCHUNK4");
+            assert_eq!(&std::fs::read(&path).unwrap()[..8], b"THCHUNK5");
             // A truncated chunk of an earlier format is refused, by name, never half rewritten.
             drop(reopened);
             let mut torn = magic.to_vec();

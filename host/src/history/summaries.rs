@@ -1,7 +1,7 @@
 //! Block summaries of a series, built as rows arrive, that make downsampled reads and the
 //! extremes of any row range cost the same at any history length. Every block of
 //! `BLOCK_ROWS` rows is summarised (first and last point, minimum and maximum with their
-//! rows and times), then every two adjacent blocks one level up, and so on up to one block
+//! rows and times, its first row without a value), then every two adjacent blocks one level up, and so on up to one block
 //! per chunk. A downsampling bucket that is one whole block (or two or three) is answered
 //! from its summaries alone, one compact entry read in row order; the extremes of any other
 //! range combine at most two blocks per level and fewer than `BLOCK_ROWS` rows at each end.
@@ -12,8 +12,9 @@ use bytemuck::{Pod, Zeroable};
 pub const BLOCK_ROWS: usize = 16;
 const BLOCK_BITS: u32 = BLOCK_ROWS.trailing_zeros();
 
-/// The smallest and largest non-NaN value of a set of rows, with their row indices and
-/// timestamps (so a downsampled read needs no other access to those rows).
+/// The smallest and largest non-NaN value of a set of rows and its first NaN (a gap),
+/// with their row indices and timestamps (so a downsampled read needs no other access to
+/// those rows).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Pod, Zeroable)]
 pub struct MinMax {
@@ -23,15 +24,32 @@ pub struct MinMax {
     pub max: f64,
     pub max_row: u64,
     pub max_ms: i64,
+    /// The first row without a value, `u64::MAX` if every row has one.
+    pub gap_row: u64,
+    pub gap_ms: i64,
 }
 
 impl MinMax {
-    /// The summary of no value (or only NaN values).
-    pub const EMPTY: MinMax =
-        MinMax { min: f64::INFINITY, min_row: u64::MAX, min_ms: 0, max: f64::NEG_INFINITY, max_row: u64::MAX, max_ms: 0 };
+    /// The summary of no row.
+    pub const EMPTY: MinMax = MinMax {
+        min: f64::INFINITY,
+        min_row: u64::MAX,
+        min_ms: 0,
+        max: f64::NEG_INFINITY,
+        max_row: u64::MAX,
+        max_ms: 0,
+        gap_row: u64::MAX,
+        gap_ms: 0,
+    };
 
+    /// No row with a value (no row at all, or only NaN).
     pub fn is_empty(&self) -> bool {
         self.min_row == u64::MAX
+    }
+
+    /// The first row without a value and its timestamp, if there is one.
+    pub fn gap(&self) -> Option<(u64, i64)> {
+        (self.gap_row != u64::MAX).then_some((self.gap_row, self.gap_ms))
     }
 
     /// The extremes of consecutive rows, the first of which is row `first_row` of the
@@ -83,12 +101,18 @@ impl MinMax {
         if high_at != usize::MAX {
             (result.max, result.max_row, result.max_ms) = (values[high_at], first_row + high_at as u64, timestamps[high_at]);
         }
+        if let Some(gap_at) = values.iter().position(|value| value.is_nan()) {
+            (result.gap_row, result.gap_ms) = (first_row + gap_at as u64, timestamps[gap_at]);
+        }
         result
     }
 
     /// Merges `other`, which covers rows after the ones `self` covers: on ties the earlier
     /// row wins, so the result is the same however a range is cut into blocks.
     pub fn merge(&mut self, other: &MinMax) {
+        let gapless = self.gap_row == u64::MAX;
+        self.gap_ms = if gapless { other.gap_ms } else { self.gap_ms };
+        self.gap_row = if gapless { other.gap_row } else { self.gap_row };
         // Selects rather than branches: on a noisy series which side wins is a coin toss.
         let (lower, higher) = (other.min < self.min, other.max > self.max);
         self.min_row = if lower { other.min_row } else { self.min_row };
@@ -100,8 +124,8 @@ impl MinMax {
     }
 }
 
-/// The summary of one block: its extremes and its first and last point (NaN kept, so gaps
-/// stay visible). Laid out as ten 8-byte words, as sealed chunks store it on disk.
+/// The summary of one block: its extremes, its first gap and its first and last point (NaN
+/// kept). Laid out as twelve 8-byte words, as sealed chunks store it on disk.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Pod, Zeroable)]
 pub struct Block {
@@ -251,10 +275,11 @@ mod tests {
     fn brute_force(values: &[f64], first: usize, end: usize) -> MinMax {
         let mut result = MinMax::EMPTY;
         for (row, value) in values.iter().enumerate().take(end).skip(first) {
+            let (at, ms) = (row as u64, stamp(row));
             let single = if value.is_nan() {
-                MinMax::EMPTY
+                MinMax { gap_row: at, gap_ms: ms, ..MinMax::EMPTY }
             } else {
-                MinMax { min: *value, min_row: row as u64, min_ms: stamp(row), max: *value, max_row: row as u64, max_ms: stamp(row) }
+                MinMax { min: *value, min_row: at, min_ms: ms, max: *value, max_row: at, max_ms: ms, ..MinMax::EMPTY }
             };
             result.merge(&single);
         }
@@ -309,6 +334,9 @@ mod tests {
         }
         let levels: Vec<&[Block]> = summaries.levels().collect();
         assert!(levels[0][0].first.is_nan() && levels[0][0].extremes.is_empty());
-        assert!(range(&levels, &values, &timestamps, 0, 0, 200).is_empty());
+        assert_eq!(levels[0][1].extremes.gap(), Some((16, 0)));
+        let whole = range(&levels, &values, &timestamps, 0, 0, 200);
+        assert!(whole.is_empty() && whole.gap() == Some((0, 0)));
+        assert!(range(&levels, &values, &timestamps, 0, 0, 0).gap().is_none());
     }
 }

@@ -20,6 +20,7 @@ use axum::routing::post;
 use serde_json::{Value, json};
 
 use super::writer::{At, Committer, Item, Job, MAX_JOB_SAMPLES};
+use crate::http_error::{closing, error};
 
 /// Bodies up to this size are parsed on the async worker (microseconds); bigger ones on
 /// a blocking thread.
@@ -42,11 +43,6 @@ pub fn router(endpoint: SampleEndpoint) -> Router {
     Router::new().route("/v1/samples", post(accept)).layer(DefaultBodyLimit::max(limit)).with_state(endpoint)
 }
 
-/// Every error answer of the host's own routes: `{"message", "error": {"code", "message"}}`.
-pub fn error(status: StatusCode, code: &str, message: &str) -> Response {
-    (status, axum::Json(json!({ "message": message, "error": { "code": code, "message": message } }))).into_response()
-}
-
 async fn accept(State(endpoint): State<SampleEndpoint>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
     if let Some(token) = &endpoint.token {
         let given = headers.get("authorization").and_then(|value| value.to_str().ok());
@@ -58,7 +54,7 @@ async fn accept(State(endpoint): State<SampleEndpoint>, headers: HeaderMap, body
         Ok(body) => body,
         Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
             let message = format!("the body exceeds http.max_ingest_bytes ({} bytes)", endpoint.max_body_bytes);
-            return error(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", &message);
+            return closing(error(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", &message));
         }
         Err(rejection) => return error(rejection.status(), "bad_body", &rejection.body_text()),
     };

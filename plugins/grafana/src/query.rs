@@ -254,7 +254,7 @@ pub fn query(body: &Value, settings: &Settings) -> Result<String, Answer> {
         for series in matching_series(pattern, &names)?.into_iter().filter(|series| filters.iter().all(|filter| filter.admits(series))) {
             // The host's points come in row order, and row timestamps never go backwards.
             let (times_ms, values) = if by_step {
-                step_points(&series, points, settings)?
+                step_points(&series, span, points, settings)?
             } else {
                 let read = history::downsample(&series, span, points).map_err(history_error)?;
                 (read.timestamps_ms, read.values)
@@ -269,19 +269,91 @@ pub fn query(body: &Value, settings: &Settings) -> Result<String, Answer> {
     Ok(answer)
 }
 
-/// Points of `series` over the whole run, placed at their row's step value read as
-/// epoch milliseconds (sorted: steps need not grow with rows), so Grafana's time axis
-/// shows steps.
-fn step_points(series: &str, points: u32, settings: &Settings) -> Result<(Vec<i64>, Vec<f64>), Answer> {
+/// The step axis: steps placed on the run's own wall-clock span, its smallest step at the
+/// time of the run's first row and its largest at the time of its last, linearly between.
+/// A time series panel then shows the run inside the dashboard's time range, spaced by
+/// steps, and the range selects steps through the same mapping.
+struct StepAxis {
+    first_ms: i64,
+    last_ms: i64,
+    min_step: f64,
+    max_step: f64,
+}
+
+impl StepAxis {
+    /// The axis of the run so far; `None` while no row has a step.
+    fn of_run(step: &str) -> Result<Option<StepAxis>, Answer> {
+        // Five points of the whole run: its first and last rows and the step's extremes.
+        let read = history::downsample(step, Span::All, 5).map_err(history_error)?;
+        let (Some(first_ms), Some(last_ms)) = (read.timestamps_ms.first(), read.timestamps_ms.last()) else {
+            return Ok(None);
+        };
+        let finite = read.values.iter().copied().filter(|step| step.is_finite());
+        let (min_step, max_step) = finite.fold((f64::INFINITY, f64::NEG_INFINITY), |(low, high), step| (low.min(step), high.max(step)));
+        Ok((min_step <= max_step).then_some(StepAxis { first_ms: *first_ms, last_ms: *last_ms, min_step, max_step }))
+    }
+
+    fn time_of(&self, step: f64) -> i64 {
+        if self.max_step == self.min_step {
+            return self.first_ms;
+        }
+        let fraction = (step - self.min_step) / (self.max_step - self.min_step);
+        self.first_ms + (fraction * (self.last_ms - self.first_ms) as f64).round() as i64
+    }
+
+    fn step_at(&self, time_ms: i64) -> f64 {
+        if self.last_ms == self.first_ms {
+            return if time_ms < self.first_ms { f64::NEG_INFINITY } else { self.max_step };
+        }
+        let fraction = (time_ms - self.first_ms) as f64 / (self.last_ms - self.first_ms) as f64;
+        self.min_step + fraction * (self.max_step - self.min_step)
+    }
+}
+
+/// Points of `series` on the step axis within `span` (a time range read through the
+/// axis as a range of steps), sorted by time, no two at one millisecond.
+fn step_points(series: &str, span: Span, points: u32, settings: &Settings) -> Result<(Vec<i64>, Vec<f64>), Answer> {
     let Some(step) = &settings.step_series else {
         return Err(Answer::error(400, "bad_payload", "x_axis `step` needs telemetry.step_key in the host configuration"));
     };
-    let read = history::downsample(series, Span::All, points).map_err(history_error)?;
+    let Some(axis) = StepAxis::of_run(step)? else {
+        return Ok((Vec::new(), Vec::new()));
+    };
+    let (from_step, to_step) = match span {
+        Span::Time(range) => (axis.step_at(range.from_ms), axis.step_at(range.to_ms)),
+        _ => (f64::NEG_INFINITY, f64::INFINITY),
+    };
+    let rows = step_rows(step, from_step, to_step)?;
+    let read = history::downsample(series, rows, points).map_err(history_error)?;
     let steps = history::read_at(step, &read.rows).map_err(history_error)?;
-    let mut pairs: Vec<(i64, f64)> =
-        steps.iter().zip(read.values).filter(|(step, _)| step.is_finite()).map(|(step, value)| (*step as i64, value)).collect();
-    pairs.sort_by_key(|(step, _)| *step);
+    let mut pairs: Vec<(i64, f64)> = steps
+        .iter()
+        .zip(read.values)
+        .filter(|(step, _)| (from_step..=to_step).contains(*step))
+        .map(|(step, value)| (axis.time_of(*step), value))
+        .collect();
+    pairs.sort_by_key(|(time, _)| *time);
+    // Distinct steps closer than a millisecond: one millisecond apart, as the host does
+    // with rows, so a panel joining series on time keeps them all.
+    for index in 1..pairs.len() {
+        pairs[index].0 = pairs[index].0.max(pairs[index - 1].0 + 1);
+    }
     Ok(pairs.into_iter().unzip())
+}
+
+/// The rows whose step may lie in `from_step..=to_step`, from a coarse read of the step
+/// series (a step counter grows with rows; a row out of order near the edges may be
+/// missed, never one far inside).
+fn step_rows(step: &str, from_step: f64, to_step: f64) -> Result<Span, Answer> {
+    if from_step == f64::NEG_INFINITY && to_step == f64::INFINITY {
+        return Ok(Span::All);
+    }
+    let coarse = history::downsample(step, Span::All, 4096).map_err(history_error)?;
+    let picked = || coarse.rows.iter().zip(&coarse.values).filter(|(_, step)| step.is_finite());
+    let first = picked().filter(|(_, step)| **step < from_step).map(|(row, _)| *row).next_back().unwrap_or(0);
+    let last = picked().filter(|(row, step)| **row > first && **step > to_step).map(|(row, _)| *row).next();
+    let last = last.unwrap_or_else(|| history::row_count().saturating_sub(1));
+    Ok(Span::Rows(history::RowRange { first, count: last.saturating_sub(first) + 1 }))
 }
 
 /// The original connector's answer to a request without `targets`: an object of every
