@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use telemetry_suite::{PluginSpec, TestHost};
-use telemetry_testkit::{IsolatedPlugin, IsolationOptions, connector};
+use telemetry_testkit::{IsolatedPlugin, IsolationOptions, connector, rfc3339 as iso};
 
 const SERIES: usize = 10;
 const T0: i64 = 1_700_000_000_000;
@@ -38,28 +38,6 @@ fn push_rows(plugin: &mut IsolatedPlugin, count: usize, value: impl Fn(usize) ->
 fn post(plugin: &mut IsolatedPlugin, path: &str, body: Value) -> (u16, Value) {
     let response = plugin.request("POST", path, body.to_string().as_bytes()).unwrap();
     (response.status, serde_json::from_slice(&response.body).unwrap_or(Value::Null))
-}
-
-fn iso(ms: i64) -> String {
-    // Seconds since the epoch to a UTC date, enough for the test range around T0.
-    let seconds = ms.div_euclid(1000);
-    let millis = ms.rem_euclid(1000);
-    let days = seconds.div_euclid(86_400);
-    let rest = seconds.rem_euclid(86_400);
-    let (year, month, day) = civil_from_days(days);
-    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z", rest / 3600, rest % 3600 / 60, rest % 60)
-}
-
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(month <= 2), month, day)
 }
 
 fn query(targets: Value, from: i64, to: i64, max_points: Value) -> Value {

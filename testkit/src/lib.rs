@@ -55,6 +55,24 @@ fn existing(path: PathBuf) -> PathBuf {
     path
 }
 
+/// Milliseconds since the Unix epoch as the RFC 3339 UTC date Grafana sends in a query's
+/// `range` (`2023-11-14T22:13:20.000Z`).
+pub fn rfc3339(ms: i64) -> String {
+    let (seconds, millis) = (ms.div_euclid(1000), ms.rem_euclid(1000));
+    let (days, rest) = (seconds.div_euclid(86_400), seconds.rem_euclid(86_400));
+    // Days to a civil date (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z", rest / 3600, rest % 3600 / 60, rest % 60)
+}
+
 /// Polls `condition` every 10 ms until it holds or `timeout` passed; its last answer.
 pub fn wait_until(timeout: std::time::Duration, mut condition: impl FnMut() -> bool) -> bool {
     let deadline = std::time::Instant::now() + timeout;

@@ -39,6 +39,7 @@ fn main() -> Result<()> {
         "test" => {
             build_guests(&workspace, &target)?;
             ensure_schemathesis(&target);
+            ensure_grafana_data(&target);
             ensure_redis_server();
             // The default members: host, test kit and the suite (guests only build for wasm).
             test_with_summary(&workspace, &rest)
@@ -118,6 +119,36 @@ fn ensure_schemathesis(target: &Path) {
     }
     // SAFETY: xtask is single-threaded here; the variable is read by the test processes.
     unsafe { std::env::set_var("SCHEMATHESIS", &installed) };
+}
+
+/// The Grafana oracle test runs Grafana's own front-end code (`@grafana/data` from npm) on
+/// the host's answers: use `$GRAFANA_DATA_NODE_PATH`, else install it with npm into the
+/// target directory. Failing to install is reported; the test that needs it then says so.
+fn ensure_grafana_data(target: &Path) {
+    const PACKAGES: [&str; 3] = ["@grafana/data@13.2.3", "react@19.2.0", "react-dom@19.2.0"];
+    if std::env::var_os("GRAFANA_DATA_NODE_PATH").is_some() {
+        return;
+    }
+    let prefix = target.join("grafana-oracle");
+    let modules = prefix.join("node_modules");
+    if !modules.join("@grafana").join("data").join("package.json").is_file() {
+        eprintln!("xtask: installing {} into {}", PACKAGES.join(" "), prefix.display());
+        let installed = std::fs::create_dir_all(&prefix).is_ok()
+            && Command::new("npm")
+                .arg("install")
+                .arg("--prefix")
+                .arg(&prefix)
+                .args(["--no-audit", "--no-fund", "--loglevel=error"])
+                .args(PACKAGES)
+                .status()
+                .is_ok_and(|status| status.success());
+        if !installed {
+            eprintln!("xtask: warning: could not install @grafana/data (needs node and npm with the npm registry); its test will fail");
+            return;
+        }
+    }
+    // SAFETY: xtask is single-threaded here; the variable is read by the test processes.
+    unsafe { std::env::set_var("GRAFANA_DATA_NODE_PATH", &modules) };
 }
 
 /// The pipeline tests start a real `redis-server`: install Debian's package when it is
