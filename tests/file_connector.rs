@@ -179,3 +179,78 @@ fn the_plot_decodes_has_the_configured_size_and_a_curve_in_every_subplot() {
     let title_dark = pixels[..800 * 3 * 30].chunks(3).filter(|rgb| rgb.iter().all(|c| *c < 100)).count();
     assert!(title_dark > 100, "the title must be drawn, found {title_dark} dark pixels");
 }
+
+/// Fills the history with `rows` rows fast (not through ingest), one millisecond apart.
+fn fill_history(plugin: &mut IsolatedPlugin, rows: u64) {
+    let history = plugin.history_mut();
+    let series = history.series_names().len();
+    let first = history.row_count();
+    let mut values = vec![0.0; series];
+    for row in first..first + rows {
+        values.iter_mut().enumerate().for_each(|(column, value)| *value = (row * (column as u64 + 1)) as f64);
+        history.push_row(1_700_000_000_000 + row as i64, &values).unwrap();
+    }
+    history.commit().unwrap();
+}
+
+/// A restart at 10M rows reads only the end of telemetry.jsonl: the file is a sparse hole
+/// of 2.75 GB (what 10M rows take) followed by its last thousand real rows, 37 rows the
+/// host never saw acknowledged and a torn line. A start that read the file from the
+/// beginning would find no row in the hole and cut everything.
+#[test]
+fn a_restart_at_ten_million_rows_reads_only_the_end_of_the_file() {
+    const ROWS: u64 = 10_000_000;
+    let mut plugin = file_plugin(json!({}));
+    fill_history(&mut plugin, ROWS + 5);
+    let jsonl = plugin.data_dir().join("telemetry.jsonl");
+    let line = |row: u64| format!("{{\"row\":{row},\"timestamp_ms\":{},\"rewards\":1.5}}\n", 1_700_000_000_000 + row);
+    let hole = 2_750_000_000u64;
+    let file = std::fs::File::create(&jsonl).unwrap();
+    file.set_len(hole).unwrap();
+    drop(file);
+    let kept: String = (ROWS - 1000..ROWS).map(line).collect();
+    let unacknowledged: String = (ROWS..ROWS + 37).map(line).collect();
+    let mut tail = std::fs::OpenOptions::new().append(true).open(&jsonl).unwrap();
+    use std::io::Write;
+    tail.write_all(format!("{kept}{unacknowledged}{{\"row\":10000037,\"tim").as_bytes()).unwrap();
+    drop(tail);
+    plugin.skip_to(ROWS);
+    let started = std::time::Instant::now();
+    plugin.start().expect("start within its call limit");
+    eprintln!("start at {ROWS} rows: {:?}", started.elapsed());
+    assert_eq!(std::fs::metadata(&jsonl).unwrap().len(), hole + kept.len() as u64, "cut right after row {}", ROWS - 1);
+    plugin.deliver().unwrap();
+    let mut end = std::fs::File::open(&jsonl).unwrap();
+    use std::io::{Read, Seek, SeekFrom};
+    end.seek(SeekFrom::Start(hole + kept.len() as u64)).unwrap();
+    let mut appended = String::new();
+    end.read_to_string(&mut appended).unwrap();
+    let rows: Vec<u64> = appended.lines().map(|line| serde_json::from_str::<Value>(line).unwrap()["row"].as_u64().unwrap()).collect();
+    assert_eq!(rows, (ROWS..ROWS + 5).collect::<Vec<_>>(), "the new rows follow the kept ones");
+}
+
+/// telemetry.json is rewritten a bounded piece per update: while a rewrite is under way
+/// the previous file stays whole, and the finished one holds the rows of when it began.
+#[test]
+fn telemetry_json_is_rewritten_across_updates_and_stays_whole_meanwhile() {
+    let mut plugin = file_plugin(json!({ "plot": false, "json_interval_s": 0.001 }));
+    plugin.start().unwrap();
+    push(&mut plugin, (0..10).map(sample));
+    plugin.deliver().unwrap();
+    assert_eq!(read_columns(&plugin)["rewards"].as_array().unwrap().len(), 10, "a small rewrite completes in one update");
+    // 300,000 rows of 10 series: 3M values, more than one update writes.
+    // Empty updates, as the host sends each second without new rows.
+    fill_history(&mut plugin, 300_000);
+    let mut updates = 0;
+    while read_columns(&plugin)["rewards"].as_array().unwrap().len() == 10 {
+        let batch = plugin.history.snapshot().batch(10, 0);
+        plugin.update_raw(batch).unwrap();
+        updates += 1;
+        assert!(updates < 100, "the rewrite never completed");
+    }
+    assert!(updates >= 3, "{updates} updates: the rewrite was not spread");
+    let columns = read_columns(&plugin);
+    assert_eq!(columns["rewards"].as_array().unwrap().len(), 300_010);
+    assert_eq!(columns["time"].as_array().unwrap().len(), 300_010);
+    plugin.stop().unwrap();
+}

@@ -5,7 +5,8 @@
 //!   the update, not of the history.
 //! - `telemetry.json`: the original's dict of columns `{series: [values...]}`, rewritten
 //!   atomically (temporary file, fsync, rename) at most every `json_interval_s` and at
-//!   `stop`. After `stop` both files hold the same rows.
+//!   `stop`, a bounded piece per update (see `columns_json`). After `stop` both files
+//!   hold the same rows.
 //! - `telemetry.png` when `plot` is configured.
 
 mod columns_json;
@@ -24,16 +25,26 @@ wit_bindgen::generate!({
 
 use config::Settings;
 use exports::telemetry::connector::telemetry_connector::Guest;
+use telemetry::connector::history;
 use telemetry::connector::log::{Level, write as log};
 use telemetry::connector::types::{ConnectorError, Rows, StartContext};
+
+/// Values of `telemetry.json` written per update while it is rewritten: about 15 ms of
+/// an update, so a rewrite of a 10M-row run spreads over a few hundred updates instead of
+/// stalling one past its call limit.
+const JSON_VALUES_PER_UPDATE: u64 = 1 << 19;
 
 struct State {
     settings: Settings,
     series: Vec<String>,
     jsonl: rows_jsonl::RowsFile,
+    /// The rewrite of `telemetry.json` under way, if any.
+    json: Option<columns_json::Rewrite>,
+    /// When the last rewrite of `telemetry.json` was completed.
     last_json: Option<Instant>,
+    /// Rows of the last complete `telemetry.json` this instance wrote.
+    json_rows: u64,
     last_plot: Option<Instant>,
-    rows_since_json: u64,
 }
 
 thread_local! {
@@ -52,12 +63,39 @@ fn unavailable(what: &str, error: std::io::Error) -> ConnectorError {
 }
 
 impl State {
-    fn write_json(&mut self) -> Result<(), ConnectorError> {
-        let path = self.settings.dir.join("telemetry.json");
-        columns_json::write_atomically(&path, &self.series, self.settings.nan_as_null)
-            .map_err(|error| unavailable(&path.display().to_string(), error))?;
+    fn json_path(&self) -> std::path::PathBuf {
+        self.settings.dir.join("telemetry.json")
+    }
+
+    /// Starts a rewrite of `telemetry.json` when one is due and rows came since the last,
+    /// and moves the one under way on by a bounded piece.
+    fn advance_json(&mut self) -> std::io::Result<()> {
+        let interval = self.settings.json_interval_s;
+        let grown = history::row_count() > self.json.as_ref().map_or(self.json_rows, |rewrite| rewrite.rows);
+        if self.json.is_none() && interval > 0.0 && grown && State::due(self.last_json, interval) {
+            self.json = Some(columns_json::Rewrite::begin(&self.json_path(), self.settings.nan_as_null)?);
+        }
+        if let Some(rewrite) = &mut self.json
+            && rewrite.advance(&self.series, JSON_VALUES_PER_UPDATE)?
+        {
+            self.json_rows = rewrite.rows;
+            self.json = None;
+            self.last_json = Some(Instant::now());
+        }
+        Ok(())
+    }
+
+    /// Brings `telemetry.json` to every row of the history, now.
+    fn finish_json(&mut self) -> Result<(), ConnectorError> {
+        let path = self.json_path();
+        let complete = self.json.as_ref().is_some_and(|rewrite| rewrite.rows == history::row_count());
+        let mut rewrite = match self.json.take() {
+            Some(rewrite) if complete => rewrite,
+            _ => columns_json::Rewrite::begin(&path, self.settings.nan_as_null).map_err(|error| unavailable(&path.display().to_string(), error))?,
+        };
+        while !rewrite.advance(&self.series, u64::MAX).map_err(|error| unavailable(&path.display().to_string(), error))? {}
+        self.json_rows = rewrite.rows;
         self.last_json = Some(Instant::now());
-        self.rows_since_json = 0;
         Ok(())
     }
 
@@ -95,8 +133,15 @@ impl Guest for FileConnector {
             })?;
         log(Level::Info, &format!("writing to {} from row {}", settings.dir.display(), context.next_row));
         STATE.with(|state| {
-            *state.borrow_mut() =
-                Some(State { settings, series: context.series, jsonl, last_json: None, last_plot: None, rows_since_json: 0 })
+            *state.borrow_mut() = Some(State {
+                settings,
+                series: context.series,
+                jsonl,
+                json: None,
+                last_json: None,
+                json_rows: 0,
+                last_plot: None,
+            })
         });
         Ok(())
     }
@@ -106,17 +151,22 @@ impl Guest for FileConnector {
             let rows = batch.timestamps_ms.len() as u64;
             if rows > 0 {
                 state.jsonl.append(&batch).map_err(|error| unavailable("telemetry.jsonl", error))?;
-                state.rows_since_json += rows;
             }
-            if state.rows_since_json > 0
-                && state.settings.json_interval_s > 0.0
-                && State::due(state.last_json, state.settings.json_interval_s)
-            {
-                state.write_json()?;
+            // The rows are in telemetry.jsonl now: a failure of what is derived from them
+            // is logged and tried again later, never reported as a failed update (the host
+            // would offer the same rows again and they would be appended twice).
+            if let Err(error) = state.advance_json() {
+                state.json = None;
+                state.last_json = Some(Instant::now());
+                log(Level::Warn, &format!("{}: {error}; tried again in {} s", state.json_path().display(), state.settings.json_interval_s));
             }
             let plot_due = state.settings.plot.as_ref().is_some_and(|plot| State::due(state.last_plot, plot.min_interval_s));
-            if rows > 0 && plot_due {
-                state.draw_plot()?;
+            if rows > 0
+                && plot_due
+                && let Err(error) = state.draw_plot()
+            {
+                state.last_plot = Some(Instant::now());
+                log(Level::Warn, &format!("{error:?}"));
             }
             Ok(())
         })
@@ -124,7 +174,7 @@ impl Guest for FileConnector {
 
     fn stop() -> Result<(), ConnectorError> {
         with_state(|state| {
-            state.write_json()?;
+            state.finish_json()?;
             state.draw_plot()?;
             log(Level::Info, &format!("stopped with {} rows on disk", state.jsonl.next_row()));
             Ok(())
