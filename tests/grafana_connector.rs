@@ -415,8 +415,8 @@ impl ServedGrafana {
         host.feed(rows);
         assert!(host.wait_for_cursor("grafana", rows, Duration::from_secs(20)));
         let runtime = tokio::runtime::Runtime::new().unwrap();
-        let routes = host.plugins().http_routes();
-        let servers = runtime.block_on(telemetry_host::capabilities::http_server::serve("127.0.0.1:0", routes, 1 << 20, None)).unwrap();
+        let plugins = host.plugins();
+        let servers = runtime.block_on(telemetry_host::capabilities::http_server::serve("127.0.0.1:0", plugins, 1 << 20, None)).unwrap();
         let base = format!("http://{}/grafana", servers[0].address);
         ServedGrafana { host, runtime, servers, base }
     }

@@ -42,7 +42,9 @@ fn endpoint_with(token: Option<&str>, max_body_bytes: usize) -> Endpoint {
     .unwrap();
     let samples = router(SampleEndpoint { committer, token: token.map(String::from), max_body_bytes });
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let servers = runtime.block_on(serve("127.0.0.1:0", Vec::new(), max_body_bytes, Some(samples))).unwrap();
+    let servers = runtime
+        .block_on(serve("127.0.0.1:0", &std::sync::Arc::new(telemetry_host::plugins::PluginSet::empty()), max_body_bytes, Some(samples)))
+        .unwrap();
     let url = format!("http://{}/v1/samples", servers[0].address);
     Endpoint { history, updates, url, runtime, servers, _writer: writer }
 }

@@ -53,11 +53,12 @@ fn broken_and_foreign_wasm_files_are_clear_errors_and_the_others_still_start() {
     std::fs::write(root.path().join("plugins").join("bad-manifest").join("plugin.toml"), "name = \"x\"\ncomponent = 3\n").unwrap();
     let history = telemetry_host::history::History::new(vec!["x".into()]);
     let history = history.shared();
-    let runtime = Runtime::new(None).unwrap();
-    let set = PluginSet::start(&runtime, &root.path().join("plugins"), &config, &history).unwrap();
-    let names: Vec<&str> = set.runners.iter().map(|runner| runner.name.as_str()).collect();
+    let runtime = std::sync::Arc::new(Runtime::new(None).unwrap());
+    let set = PluginSet::start(runtime, &root.path().join("plugins"), &config, &history).unwrap();
+    set.wait_compiled();
+    let names: Vec<String> = set.stats().into_iter().map(|(name, _)| name).collect();
     assert_eq!(names, ["good"]);
-    let failures = set.failed.join("\n---\n");
+    let failures = set.failed().join("\n---\n");
     for expected in [
         "plugin `garbage`",
         "garbage.wasm is not a telemetry-host plugin: it is not WebAssembly at all",
@@ -70,7 +71,7 @@ fn broken_and_foreign_wasm_files_are_clear_errors_and_the_others_still_start() {
     ] {
         assert!(failures.contains(expected), "missing {expected:?} in:\n{failures}");
     }
-    assert_eq!(set.failed.len(), 5, "{failures}");
+    assert_eq!(set.failed().len(), 5, "{failures}");
     set.stop_all();
 }
 

@@ -231,9 +231,8 @@ fn serve_pool(server: PluginSpec, own_route: Option<axum::Router>) -> ServedPool
     let host = TestHost::start(&[server, good()]);
     assert!(host.load_errors.is_empty(), "{:?}", host.load_errors);
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let servers = runtime
-        .block_on(telemetry_host::capabilities::http_server::serve("127.0.0.1:0", host.plugins().http_routes(), 1 << 20, own_route))
-        .unwrap();
+    let servers =
+        runtime.block_on(telemetry_host::capabilities::http_server::serve("127.0.0.1:0", host.plugins(), 1 << 20, own_route)).unwrap();
     let base = format!("http://{}", servers[0].address);
     ServedPool { host, runtime, servers, base }
 }

@@ -149,7 +149,7 @@ fn memory_with_three_plugins() {
     let app = axum::Router::new().fallback(answer).layer(axum::extract::DefaultBodyLimit::disable());
     tokio.spawn(async move { axum::serve(listener, app).await });
     let transport = Transport::network().unwrap();
-    let mut set = PluginSet::empty();
+    let set = PluginSet::empty();
     for name in ["file", "grafana", "wandb"] {
         let mut manifest = Manifest::load(&plugins_dir().join(name).join("plugin.toml")).unwrap();
         if name == "wandb" {
@@ -169,13 +169,13 @@ fn memory_with_three_plugins() {
         set.notify_all();
     }
     let all = history.snapshot().row_count();
-    for runner in &set.runners {
+    for (name, stats) in set.stats() {
         let waiting = Instant::now();
-        while runner.stats.cursor.load(Ordering::Acquire) < all {
+        while stats.cursor.load(Ordering::Acquire) < all {
             std::thread::sleep(Duration::from_millis(20));
             if waiting.elapsed() > Duration::from_secs(120) {
-                let failure = runner.stats.last_failure.lock().unwrap().clone();
-                panic!("{} is stuck at row {} of {all}: {failure:?}", runner.name, runner.stats.cursor.load(Ordering::Acquire));
+                let failure = stats.last_failure.lock().unwrap().clone();
+                panic!("{name} is stuck at row {} of {all}: {failure:?}", stats.cursor.load(Ordering::Acquire));
             }
         }
     }

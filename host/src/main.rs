@@ -10,7 +10,7 @@ use telemetry_host::config::{DEFAULT_CONFIG, HostConfig};
 use telemetry_host::history::stats_file;
 use telemetry_host::isolation::{IsolatedPlugin, IsolationOptions};
 use telemetry_host::node::{self, Input, NodeOptions};
-use telemetry_host::plugins::loader::{ComponentShape, Runtime};
+use telemetry_host::plugins::loader::Runtime;
 
 /// A telemetry node for distributed training runs: samples in, named series out to
 /// sandboxed WebAssembly connectors.
@@ -164,9 +164,8 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Plugin { command: PluginCommand::Inspect { file } } => {
-            let runtime = Runtime::new(None)?;
-            let (component, _) = runtime.component(&file)?;
-            let shape = ComponentShape::of(&runtime.engine, &component);
+            // What a component imports and exports is in its bytes: no compile.
+            let (_, shape) = Runtime::read_component(&file)?;
             println!("component: {}", file.display());
             println!("world: {}", shape.world());
             println!("imports:");
@@ -189,12 +188,10 @@ fn run(cli: Cli) -> Result<()> {
                 }
                 None => toml::Table::new(),
             };
-            let options = IsolationOptions {
-                host_config: load_config(host_config.as_ref())?,
-                plugin_config,
-                data_dir,
-                ..IsolationOptions::default()
-            };
+            let host_config = load_config(host_config.as_ref())?;
+            // The host's compile cache: a plugin tested again, or then run, is not compiled again.
+            let cache_dir = Some(host_config.runtime.cache_dir.clone());
+            let options = IsolationOptions { host_config, plugin_config, data_dir, cache_dir, ..IsolationOptions::default() };
             let mut plugin = IsolatedPlugin::load(&file, options)?;
             let samples = std::fs::read_to_string(&input).with_context(|| format!("cannot read {}", input.display()))?;
             let refused = plugin.push_ndjson(&samples);

@@ -18,7 +18,26 @@ use crate::plugins::runner::PluginStats;
 pub struct HostFigures {
     pub ingest: Arc<IngestCounters>,
     pub history: SharedHistory,
-    pub plugins: Vec<(String, Arc<PluginStats>)>,
+    pub plugins: Arc<dyn PluginFigures>,
+}
+
+/// What `/metrics` reads of the plugins, as they are now (they join as their components
+/// are compiled).
+pub trait PluginFigures: Send + Sync {
+    /// The counters of every running plugin.
+    fn running(&self) -> Vec<(String, Arc<PluginStats>)>;
+    /// The plugins whose component is being compiled.
+    fn compiling(&self) -> Vec<String>;
+}
+
+impl PluginFigures for crate::plugins::PluginSet {
+    fn running(&self) -> Vec<(String, Arc<PluginStats>)> {
+        self.stats()
+    }
+
+    fn compiling(&self) -> Vec<String> {
+        self.view().compiling.clone()
+    }
 }
 
 pub fn router(figures: HostFigures) -> Router {
@@ -80,9 +99,12 @@ pub fn render(figures: &HostFigures) -> String {
             stats.denied.load(Ordering::Relaxed) as f64
         }),
     ];
+    let running = figures.plugins.running();
+    let compiling = figures.plugins.compiling().len() as f64;
+    family(&mut text, "plugins_compiling", "gauge", "Plugins whose component is being compiled (not running yet).", &plain(compiling));
     for (name, kind, help, read) in per_plugin {
         let samples: Vec<(String, f64)> =
-            figures.plugins.iter().map(|(plugin, stats)| (format!("{{plugin=\"{}\"}}", label(plugin)), read(stats, rows))).collect();
+            running.iter().map(|(plugin, stats)| (format!("{{plugin=\"{}\"}}", label(plugin)), read(stats, rows))).collect();
         family(&mut text, name, kind, help, &samples);
     }
     text
@@ -99,6 +121,18 @@ mod tests {
     use crate::history::History;
     use crate::ingest::transforms::series_names;
 
+    struct OnePlugin(Arc<PluginStats>);
+
+    impl PluginFigures for OnePlugin {
+        fn running(&self) -> Vec<(String, Arc<PluginStats>)> {
+            vec![("file \"x\"".into(), self.0.clone())]
+        }
+
+        fn compiling(&self) -> Vec<String> {
+            vec!["grafana".into()]
+        }
+    }
+
     #[test]
     fn figures_are_rendered_in_the_prometheus_format() {
         let config = HostConfig::builtin_default();
@@ -111,12 +145,13 @@ mod tests {
         let ingest = ingest.counters();
         let stats = Arc::new(PluginStats::default());
         stats.rows_delivered.store(1, Ordering::Relaxed);
-        let text = render(&HostFigures { ingest, history, plugins: vec![("file \"x\"".into(), stats)] });
+        let text = render(&HostFigures { ingest, history, plugins: Arc::new(OnePlugin(stats)) });
         assert!(text.contains("# TYPE telemetry_samples_accepted_total counter\n"), "{text}");
         assert!(text.contains("telemetry_samples_accepted_total 1\n"), "{text}");
         assert!(text.contains("telemetry_samples_refused_total 1\n"), "{text}");
         assert!(text.contains("telemetry_sample_faults_total{kind=\"invalid-json\"} 1\n"), "{text}");
         assert!(text.contains("telemetry_rows_stored 1\n"), "{text}");
+        assert!(text.contains("telemetry_plugins_compiling 1\n"), "{text}");
         assert!(text.contains("telemetry_plugin_rows_delivered_total{plugin=\"file \\\"x\\\"\"} 1\n"), "{text}");
         assert!(text.contains("telemetry_plugin_cursor_lag_rows{plugin=\"file \\\"x\\\"\"} 1\n"), "{text}");
     }

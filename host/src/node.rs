@@ -69,8 +69,9 @@ pub fn run(options: NodeOptions) -> Result<RunSummary> {
     let config = options.config;
     let history = open_history(&config)?;
     let shared = history.shared();
-    let runtime = Runtime::new(Some(config.runtime.cache_dir.clone()))?;
-    let plugins = PluginSet::start(&runtime, &options.plugins_dir, &config, &shared)?;
+    let runtime = Arc::new(Runtime::new(Some(config.runtime.cache_dir.clone()))?);
+    // Plugins compile in the background: ingest and the HTTP server start now.
+    let plugins = PluginSet::start(runtime, &options.plugins_dir, &config, &shared)?;
     let async_runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let publisher = match &config.redis {
         Some(redis) if !config.telemetry.callbacks.is_empty() => Some(Box::new(RedisPublisher::new(&redis.url)?) as Box<dyn Publish>),
@@ -79,22 +80,21 @@ pub fn run(options: NodeOptions) -> Result<RunSummary> {
     let callbacks = Callbacks::new(&config.telemetry.callbacks, &shared.snapshot(), publisher);
     let ingest = Ingest::new(&config.telemetry, history, callbacks);
     let counters = ingest.counters();
-    let notifiers = plugins.notifiers();
-    let notify_all: Arc<dyn Fn() + Send + Sync> = Arc::new(move || notifiers.iter().for_each(|notifier| notifier.notify()));
+    let notify_all: Arc<dyn Fn() + Send + Sync> = {
+        let plugins = plugins.clone();
+        Arc::new(move || plugins.notify_all())
+    };
     let (committer, writer) = WriterThread::spawn(ingest, notify_all)?;
     let samples = crate::ingest::http::router(crate::ingest::http::SampleEndpoint {
         committer: committer.clone(),
         token: config.http.ingest_token.clone(),
         max_body_bytes: config.http.max_ingest_bytes,
     });
-    let figures = crate::metrics::router(crate::metrics::HostFigures {
-        ingest: counters.clone(),
-        history: shared.clone(),
-        plugins: plugins.runners.iter().map(|runner| (runner.name.clone(), runner.stats.clone())).collect(),
-    });
+    let figures =
+        crate::metrics::router(crate::metrics::HostFigures { ingest: counters.clone(), history: shared.clone(), plugins: plugins.clone() });
     let servers = async_runtime.block_on(crate::capabilities::http_server::serve(
         &config.http.listen,
-        plugins.http_routes(),
+        &plugins,
         config.http.max_body_bytes,
         Some(samples.merge(figures)),
     ))?;
@@ -153,6 +153,11 @@ pub fn run(options: NodeOptions) -> Result<RunSummary> {
     match event.recv() {
         Ok(Event::InputDone(result)) => {
             input_result = result;
+            if !options.wait_after_input {
+                // A run that ends with its input delivers it to every plugin: the ones
+                // still compiling are waited for.
+                plugins.wait_compiled();
+            }
             if options.wait_after_input && input_result.is_ok() {
                 tracing::info!("input ended; serving until SIGINT or SIGTERM");
                 while let Ok(event) = event.recv() {
@@ -177,10 +182,10 @@ pub fn run(options: NodeOptions) -> Result<RunSummary> {
     }
     drop(writer.stop());
     plugins.notify_all();
-    let plugins_failed = plugins.failed.clone();
     let (accepted, refused) = (counters.accepted.load(Ordering::Relaxed), counters.refused.load(Ordering::Relaxed));
-    let stats: Vec<_> = plugins.runners.iter().map(|runner| (runner.name.clone(), runner.stats.clone())).collect();
+    let stats = plugins.stats();
     plugins.stop_all();
+    let plugins_failed = plugins.failed();
     // Plugins that failed to load, and those that refused their configuration.
     let mut failed_plugins = plugins_failed;
     failed_plugins.extend(stats.iter().filter(|(_, stats)| stats.disabled.load(Ordering::Acquire)).map(|(name, stats)| {

@@ -100,7 +100,7 @@ fn a_host_killed_in_the_middle_of_a_stream_resumes_without_loss_or_duplicates() 
             }
         })
     };
-    let host = HostProcess::start(dir.path(), port, "none");
+    let host = HostProcess::start_ingesting(dir.path(), port, "none", &support::plugins_dir());
     assert!(wait_until(Duration::from_secs(60), || host.figure("telemetry_rows_stored") >= 5_000.0), "{}", host_log(dir.path()));
     host.kill_hard();
     let rows_at_kill = exported_column(dir.path(), "rewards").len() as u64;
@@ -274,4 +274,40 @@ fn the_demo_input_feeds_every_plugin_until_stopped() {
     assert!(fed, "{} rows stored:\n{}", host.figure("telemetry_rows_stored"), host_log(dir.path()));
     host.terminate(dir.path());
     assert!(file_rows(dir.path()).len() >= 20);
+}
+
+/// Plugins compile in the background: with a cold compile cache the host acknowledges
+/// samples while its plugins are still compiling (Grafana answers 503 `plugin_starting`
+/// meanwhile), and every row posted then reaches them once they run.
+#[test]
+fn ingest_is_served_while_plugins_compile_and_their_rows_wait_for_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    write_config(dir.path(), port, "");
+    let config = std::fs::read_to_string(dir.path().join("telemetry.toml")).unwrap();
+    let cold = config.replacen("data_dir = \"data\"\n", "data_dir = \"data\"\ncache_dir = \"cold-cache\"\n", 1);
+    assert_ne!(cold, config);
+    std::fs::write(dir.path().join("telemetry.toml"), cold).unwrap();
+    let spawned = std::time::Instant::now();
+    let host = HostProcess::start_ingesting(dir.path(), port, "none", &support::plugins_dir());
+    let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    let status = client.post(format!("http://127.0.0.1:{port}/v1/samples")).body(sample(0)).send().unwrap().status();
+    let first_ack = spawned.elapsed();
+    let compiling = host.figure("telemetry_plugins_compiling");
+    let grafana = client.get(format!("http://127.0.0.1:{port}/grafana/")).send().unwrap();
+    let (grafana_status, retry_after) = (grafana.status().as_u16(), grafana.headers().get("retry-after").cloned());
+    let grafana_body = grafana.text().unwrap();
+    assert_eq!(status, 200);
+    assert!(compiling >= 1.0, "the first sample was acknowledged after {first_ack:?}, when no plugin was compiling any more");
+    if grafana_status == 503 {
+        assert!(grafana_body.contains("plugin_starting") && retry_after.is_some(), "{grafana_body}");
+    }
+    for id in 1..200 {
+        let status = client.post(format!("http://127.0.0.1:{port}/v1/samples")).body(sample(id)).send().unwrap().status();
+        assert_eq!(status, 200);
+    }
+    eprintln!("first sample acknowledged {first_ack:?} after the host was spawned, {compiling} plugins still compiling");
+    assert!(wait_until(Duration::from_secs(120), || host.figure("telemetry_plugins_compiling") == 0.0), "{}", host_log(dir.path()));
+    assert_plugins_got_every_row(dir.path(), &host, 200);
+    host.terminate(dir.path());
 }

@@ -73,7 +73,7 @@ pub struct TestHost {
     pub root: tempfile::TempDir,
     pub config: HostConfig,
     pub history: SharedHistory,
-    pub plugins: Option<PluginSet>,
+    pub plugins: Option<Arc<PluginSet>>,
     pub logs: Vec<(String, Arc<Mutex<Vec<LogLine>>>)>,
     pub load_errors: Vec<String>,
     ingest: Ingest,
@@ -100,7 +100,7 @@ impl TestHost {
         let ingest = Ingest::new(&config.telemetry, History::new(series_names(&config.telemetry.transforms)), Callbacks::none());
         let history = ingest.shared();
         let runtime = Runtime::new(Some(config.runtime.cache_dir.clone())).unwrap();
-        let mut set = PluginSet::empty();
+        let set = PluginSet::empty();
         let mut logs = Vec::new();
         let mut load_errors = Vec::new();
         for plugin in plugins {
@@ -125,7 +125,7 @@ impl TestHost {
                 Err(error) => load_errors.push(format!("{error:#}")),
             }
         }
-        TestHost { root, config, history, plugins: Some(set), logs, load_errors, ingest, fed: 0, _runtime: runtime }
+        TestHost { root, config, history, plugins: Some(Arc::new(set)), logs, load_errors, ingest, fed: 0, _runtime: runtime }
     }
 
     /// Feeds `count` more samples of the reference run, notifying plugins as the update
@@ -148,12 +148,12 @@ impl TestHost {
         self.plugins().notify_all();
     }
 
-    pub fn plugins(&self) -> &PluginSet {
+    pub fn plugins(&self) -> &Arc<PluginSet> {
         self.plugins.as_ref().expect("plugins still running")
     }
 
     pub fn stats(&self, name: &str) -> Arc<PluginStats> {
-        self.plugins().runner(name).unwrap_or_else(|| panic!("no plugin {name}")).stats.clone()
+        self.plugins().stats_of(name).unwrap_or_else(|| panic!("no plugin {name}"))
     }
 
     /// Waits until `name`'s cursor reaches `rows`; false on timeout.

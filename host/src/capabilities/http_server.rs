@@ -14,8 +14,7 @@ use axum::response::Response;
 
 use crate::bindings::http_types::Request;
 use crate::http_error::{closing, error};
-use crate::plugins::manifest::ListenGrant;
-use crate::plugins::runner::HttpEndpoint;
+use crate::plugins::{Endpoint, PluginSet};
 
 /// Longest the host waits for a plugin's answer before answering 504 itself.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
@@ -24,13 +23,15 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 struct Route {
     /// Empty for a plugin with an address of its own.
     prefix: String,
-    endpoint: HttpEndpoint,
+    plugin: String,
 }
 
 #[derive(Clone)]
 struct Routes {
     routes: Arc<Vec<Route>>,
     max_body_bytes: usize,
+    /// Where each request finds its plugin as it is now (compiling, running, gone).
+    plugins: Arc<PluginSet>,
 }
 
 /// A server that is listening; dropping it does not stop it, `shutdown` does.
@@ -58,23 +59,23 @@ impl BoundServer {
 }
 
 /// Binds the host's server on `host_listen` (its own routes, `host_routes`, and every
-/// plugin granted a prefix) and one server per plugin with an address of its own. Must
-/// run inside a tokio runtime.
+/// plugin granted a prefix) and one server per plugin with an address of its own, as the
+/// plugins' manifests grant (a plugin still compiling is answered 503 until it runs).
+/// Must run inside a tokio runtime.
 pub async fn serve(
     host_listen: &str,
-    grants: Vec<(ListenGrant, HttpEndpoint)>,
+    plugins: &Arc<PluginSet>,
     max_body_bytes: usize,
     host_routes: Option<axum::Router>,
 ) -> Result<Vec<BoundServer>> {
     let mut shared = Vec::new();
     let mut servers = Vec::new();
-    for (grant, endpoint) in grants {
+    for (grant, plugin) in plugins.listen_grants() {
         match (grant.prefix, grant.address) {
-            (Some(prefix), _) => shared.push(Route { prefix, endpoint }),
+            (Some(prefix), _) => shared.push(Route { prefix, plugin }),
             (None, Some(address)) => {
-                let plugin = endpoint.plugin.clone();
-                let routes = vec![Route { prefix: String::new(), endpoint }];
-                let server = bind(&address, routes, max_body_bytes, None)
+                let routes = vec![Route { prefix: String::new(), plugin: plugin.clone() }];
+                let server = bind(&address, routes, max_body_bytes, plugins, None)
                     .await
                     .with_context(|| format!("plugin `{plugin}`: cannot listen on {address}"))?;
                 servers.push(server);
@@ -84,7 +85,7 @@ pub async fn serve(
     }
     if !shared.is_empty() || host_routes.is_some() {
         shared.sort_by_key(|route| std::cmp::Reverse(route.prefix.len()));
-        let server = bind(host_listen, shared, max_body_bytes, host_routes)
+        let server = bind(host_listen, shared, max_body_bytes, plugins, host_routes)
             .await
             .with_context(|| format!("cannot listen on {host_listen} (http.listen)"))?;
         servers.push(server);
@@ -92,16 +93,20 @@ pub async fn serve(
     Ok(servers)
 }
 
-async fn bind(address: &str, routes: Vec<Route>, max_body_bytes: usize, host_routes: Option<axum::Router>) -> Result<BoundServer> {
+async fn bind(
+    address: &str,
+    routes: Vec<Route>,
+    max_body_bytes: usize,
+    plugins: &Arc<PluginSet>,
+    host_routes: Option<axum::Router>,
+) -> Result<BoundServer> {
     let listener = tokio::net::TcpListener::bind(address).await?;
     let address = listener.local_addr()?;
-    let plugins = routes
+    let names = routes
         .iter()
-        .map(|route| {
-            format!("{}{}", route.endpoint.plugin, if route.prefix.is_empty() { String::new() } else { format!(" at {}", route.prefix) })
-        })
+        .map(|route| format!("{}{}", route.plugin, if route.prefix.is_empty() { String::new() } else { format!(" at {}", route.prefix) }))
         .collect();
-    let state = Routes { routes: Arc::new(routes), max_body_bytes };
+    let state = Routes { routes: Arc::new(routes), max_body_bytes, plugins: plugins.clone() };
     let app = host_routes.unwrap_or_default().merge(axum::Router::new().fallback(forward).with_state(state));
     let (shutdown, mut stopped) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(async move {
@@ -112,7 +117,7 @@ async fn bind(address: &str, routes: Vec<Route>, max_body_bytes: usize, host_rou
             tracing::error!("HTTP server on {address} failed: {error}");
         }
     });
-    Ok(BoundServer { address, plugins, shutdown, task })
+    Ok(BoundServer { address, plugins: names, shutdown, task })
 }
 
 async fn forward(State(state): State<Routes>, request: axum::extract::Request) -> Response {
@@ -146,18 +151,31 @@ async fn forward(State(state): State<Routes>, request: axum::extract::Request) -
             .collect(),
         body: body.to_vec(),
     };
-    let answer = tokio::time::timeout(ANSWER_TIMEOUT, route.endpoint.call(request)).await;
+    let plugin = &route.plugin;
+    let endpoint = match state.plugins.endpoint(plugin) {
+        Endpoint::Ready(endpoint) => endpoint,
+        Endpoint::Compiling => {
+            let message = format!("plugin `{plugin}` is starting: its component is being compiled");
+            let mut answer = error(StatusCode::SERVICE_UNAVAILABLE, "plugin_starting", &message);
+            answer.headers_mut().insert(axum::http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return answer;
+        }
+        Endpoint::Absent => {
+            return error(StatusCode::SERVICE_UNAVAILABLE, "plugin_stopped", &format!("plugin `{plugin}` is not running"));
+        }
+    };
+    let answer = tokio::time::timeout(ANSWER_TIMEOUT, endpoint.call(request)).await;
     let response = match answer {
         Ok(Some(response)) => response,
         Ok(None) => {
-            return error(StatusCode::SERVICE_UNAVAILABLE, "plugin_stopped", &format!("plugin `{}` has stopped", route.endpoint.plugin));
+            return error(StatusCode::SERVICE_UNAVAILABLE, "plugin_stopped", &format!("plugin `{plugin}` has stopped"));
         }
         Err(_) => {
-            let message = format!("plugin `{}` did not answer in time", route.endpoint.plugin);
+            let message = format!("plugin `{plugin}` did not answer in time");
             return error(StatusCode::GATEWAY_TIMEOUT, "plugin_timeout", &message);
         }
     };
-    plugin_response(&route.endpoint.plugin, response)
+    plugin_response(plugin, response)
 }
 
 /// Headers of a plugin's answer that the host owns: the framing of the connection.

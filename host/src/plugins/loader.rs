@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use wasmtime::component::{Component, InstancePre, Linker};
+use wasmtime::component::{InstancePre, Linker};
 use wasmtime::{Config, Engine};
 
 use super::cache::{ComponentCache, Origin};
@@ -58,12 +58,30 @@ pub struct ComponentShape {
 }
 
 impl ComponentShape {
-    pub fn of(engine: &Engine, component: &Component) -> ComponentShape {
-        let ty = component.component_type();
-        ComponentShape {
-            imports: ty.imports(engine).map(|(name, _)| name.to_string()).collect(),
-            exports: ty.exports(engine).map(|(name, _)| name.to_string()).collect(),
+    /// The imports and exports of a component's bytes, read without compiling it.
+    pub fn read(bytes: &[u8]) -> Result<ComponentShape> {
+        let mut shape = ComponentShape { imports: Vec::new(), exports: Vec::new() };
+        // Nested modules and components come inline in the payloads: only the outermost
+        // component's own imports and exports count.
+        let mut depth = 0usize;
+        for payload in wasmparser::Parser::new(0).parse_all(bytes) {
+            match payload.context("cannot parse the component")? {
+                wasmparser::Payload::ModuleSection { .. } | wasmparser::Payload::ComponentSection { .. } => depth += 1,
+                wasmparser::Payload::End(_) => depth = depth.saturating_sub(1),
+                wasmparser::Payload::ComponentImportSection(imports) if depth == 0 => {
+                    for import in imports {
+                        shape.imports.push(import.context("cannot parse the component's imports")?.name.name.to_string());
+                    }
+                }
+                wasmparser::Payload::ComponentExportSection(exports) if depth == 0 => {
+                    for export in exports {
+                        shape.exports.push(export.context("cannot parse the component's exports")?.name.name.to_string());
+                    }
+                }
+                _ => {}
+            }
         }
+        Ok(shape)
     }
 
     /// The world of the contract this component targets, from what it imports and exports.
@@ -122,22 +140,28 @@ impl Runtime {
         Ok(Runtime { engine, linker, cache: ComponentCache::new(cache_dir), ticker_running })
     }
 
-    /// Reads and compiles (or loads from the cache) a component file, with a clear error
-    /// for anything that is not a component.
-    pub fn component(&self, path: &Path) -> Result<(Component, Origin)> {
+    /// Reads a component file and what it imports and exports, with a clear error for
+    /// anything that is not a component; nothing is compiled yet.
+    pub fn read_component(path: &Path) -> Result<(Vec<u8>, ComponentShape)> {
         let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
         check_component_bytes(&bytes).with_context(|| format!("{} is not a telemetry-host plugin", path.display()))?;
-        self.cache.load(&self.engine, &bytes).with_context(|| format!("{} is not a valid WebAssembly component", path.display()))
+        let shape = ComponentShape::read(&bytes).with_context(|| format!("{} is not a valid WebAssembly component", path.display()))?;
+        Ok((bytes, shape))
     }
 
-    /// Loads one plugin: compiles its component, checks it against the manifest and
-    /// prepares its instantiation.
+    /// Loads one plugin: checks what its component imports and exports against the host
+    /// and the manifest (before the compile, which can take seconds), compiles it (or
+    /// loads it from the cache) and prepares its instantiation.
     pub fn load(&self, manifest: Manifest, data_root: &Path) -> Result<LoadedPlugin> {
         let started = Instant::now();
         let context = || format!("plugin `{}` ({})", manifest.name, manifest.source.display());
-        let (component, origin) = self.component(&manifest.component).with_context(context)?;
-        let shape = ComponentShape::of(&self.engine, &component);
+        let (bytes, shape) = Runtime::read_component(&manifest.component).with_context(context)?;
         check_against_manifest(&shape, &manifest).with_context(context)?;
+        let (component, origin) = self
+            .cache
+            .load(&self.engine, &bytes)
+            .with_context(|| format!("{} is not a valid WebAssembly component", manifest.component.display()))
+            .with_context(context)?;
         let data_dir = match &manifest.grants.data_dir {
             Some(grant) => Some(capabilities::filesystem::prepare_data_dir(grant, data_root).with_context(context)?),
             None => None,
@@ -166,6 +190,9 @@ fn check_component_bytes(bytes: &[u8]) -> Result<()> {
     }
 }
 
+/// The WASI 0.2 packages the host links (`wasmtime_wasi::p2::add_to_linker_async`).
+const WASI_PROVIDED: [&str; 6] = ["wasi:cli/", "wasi:clocks/", "wasi:filesystem/", "wasi:io/", "wasi:random/", "wasi:sockets/"];
+
 fn check_against_manifest(shape: &ComponentShape, manifest: &Manifest) -> Result<()> {
     let source = manifest.source.display();
     if !shape.exports.iter().any(|e| e == names::CONNECTOR) {
@@ -177,7 +204,14 @@ fn check_against_manifest(shape: &ComponentShape, manifest: &Manifest) -> Result
         );
     }
     for import in &shape.imports {
-        let known = import.starts_with("wasi:")
+        if import.starts_with("wasi:http/") {
+            bail!(
+                "the component imports `{import}`: this host has no WASI HTTP; call out through {} (the outbound-connector world) \
+                 and build without WASI HTTP (componentize-js: `--disable http --disable fetch-event`; componentize-py: a world that does not import it)",
+                names::OUTGOING_HTTP
+            );
+        }
+        let known = WASI_PROVIDED.iter().any(|interface| import.starts_with(interface))
             || [
                 names::OUTGOING_HTTP,
                 "telemetry:connector/log@0.1.0",
@@ -188,9 +222,11 @@ fn check_against_manifest(shape: &ComponentShape, manifest: &Manifest) -> Result
             .contains(&import.as_str());
         anyhow::ensure!(
             known,
-            "the component imports `{import}`, which this host does not provide (it provides {}@{} and WASI 0.2)",
+            "the component imports `{import}`, which this host does not provide (it provides {}@{} and WASI 0.2's {}); \
+             build it against the host's contract (`wit/`)",
             names::PACKAGE,
-            names::VERSION
+            names::VERSION,
+            WASI_PROVIDED.join(", ").replace('/', "")
         );
         if import == names::OUTGOING_HTTP && manifest.grants.outbound.is_empty() {
             bail!(

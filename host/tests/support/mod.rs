@@ -95,6 +95,15 @@ impl HostProcess {
     }
 
     pub fn start_with_plugins(dir: &Path, port: u16, input: &str, plugins: &Path) -> HostProcess {
+        let host = HostProcess::start_ingesting(dir, port, input, plugins);
+        // Plugins compile in the background; the tests want them running.
+        let compiled = wait_until(Duration::from_secs(120), || host.figure("telemetry_plugins_compiling") == 0.0);
+        assert!(compiled, "plugins still compiling after 120 s:\n{}", host_log(dir));
+        host
+    }
+
+    /// The host as soon as it serves (its plugins may still be compiling).
+    pub fn start_ingesting(dir: &Path, port: u16, input: &str, plugins: &Path) -> HostProcess {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("host.log")).unwrap();
         // Benchmarks compare another build side by side through this variable.
         let binary = std::env::var("TELEMETRY_HOST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_telemetry-host").to_string());

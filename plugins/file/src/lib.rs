@@ -91,7 +91,8 @@ impl State {
         let complete = self.json.as_ref().is_some_and(|rewrite| rewrite.rows == history::row_count());
         let mut rewrite = match self.json.take() {
             Some(rewrite) if complete => rewrite,
-            _ => columns_json::Rewrite::begin(&path, self.settings.nan_as_null).map_err(|error| unavailable(&path.display().to_string(), error))?,
+            _ => columns_json::Rewrite::begin(&path, self.settings.nan_as_null)
+                .map_err(|error| unavailable(&path.display().to_string(), error))?,
         };
         while !rewrite.advance(&self.series, u64::MAX).map_err(|error| unavailable(&path.display().to_string(), error))? {}
         self.json_rows = rewrite.rows;
@@ -133,15 +134,8 @@ impl Guest for FileConnector {
             })?;
         log(Level::Info, &format!("writing to {} from row {}", settings.dir.display(), context.next_row));
         STATE.with(|state| {
-            *state.borrow_mut() = Some(State {
-                settings,
-                series: context.series,
-                jsonl,
-                json: None,
-                last_json: None,
-                json_rows: 0,
-                last_plot: None,
-            })
+            *state.borrow_mut() =
+                Some(State { settings, series: context.series, jsonl, json: None, last_json: None, json_rows: 0, last_plot: None })
         });
         Ok(())
     }
