@@ -58,8 +58,19 @@ struct Origin {
 
 impl OutboundGrant {
     pub fn check(&self) -> Result<()> {
-        parse_pattern(&self.url).with_context(|| format!("grants.outbound url `{}`", self.url))?;
+        let origin = parse_pattern(&self.url).with_context(|| format!("grants.outbound url `{}`", self.url))?;
         if let Some(credential) = &self.credential {
+            // A secret sent in clear text over the network is a secret given away.
+            let loopback = origin.host == "localhost"
+                || origin.host.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+            if origin.scheme == "http" && !loopback {
+                bail!(
+                    "grants.outbound url `{}` carries a credential over plain http: credentials travel only over https \
+                     (plain http is allowed to this machine, 127.0.0.1 or localhost, for local stand-ins); use https://{}",
+                    self.url,
+                    origin.host
+                );
+            }
             match credential.scheme {
                 CredentialScheme::Header if credential.header.is_none() => {
                     bail!("grants.outbound credential with scheme `header` needs `header = \"Header-Name\"`")
@@ -337,6 +348,22 @@ mod tests {
         assert!(!grant("https://*.example.com").matches(&url("https://example.com/")));
         assert!(!grant("https://*.example.com").matches(&url("https://badexample.com/")));
         assert!(grant("http://127.0.0.1:9000").matches(&url("http://127.0.0.1:9000/files")));
+    }
+
+    #[test]
+    fn credentials_travel_only_over_https_or_to_this_machine() {
+        let with_credential = |url: &str| OutboundGrant {
+            url: url.into(),
+            credential: Some(Credential { secret: "key".into(), scheme: CredentialScheme::Bearer, username: None, header: None }),
+        };
+        for allowed in ["https://api.wandb.ai", "http://127.0.0.1:9000", "http://localhost:8080", "http://[::1]:80"] {
+            assert!(with_credential(allowed).check().is_ok(), "{allowed}");
+        }
+        for refused in ["http://api.wandb.ai", "http://10.0.0.5:8080", "http://*.example.com"] {
+            let error = format!("{:#}", with_credential(refused).check().unwrap_err());
+            assert!(error.contains(refused) && error.contains("only over https"), "{error}");
+        }
+        assert!(grant("http://api.example.com").check().is_ok(), "plain http without a credential is the operator's choice");
     }
 
     #[test]
