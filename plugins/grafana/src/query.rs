@@ -238,6 +238,7 @@ pub fn query(body: &Value, settings: &Settings) -> Result<String, Answer> {
     let span = time_span(body)?;
     let filters = filters(body)?;
     let names = history::series_names();
+    let mut step_window: Option<Option<StepWindow>> = None;
     let mut answer = String::with_capacity(64 + points as usize * 40);
     answer.push('[');
     for target in targets {
@@ -254,7 +255,13 @@ pub fn query(body: &Value, settings: &Settings) -> Result<String, Answer> {
         for series in matching_series(pattern, &names)?.into_iter().filter(|series| filters.iter().all(|filter| filter.admits(series))) {
             // The host's points come in row order, and row timestamps never go backwards.
             let (times_ms, values) = if by_step {
-                step_points(&series, span, points, settings)?
+                if step_window.is_none() {
+                    step_window = Some(StepWindow::of(span, settings)?);
+                }
+                match step_window.as_ref().and_then(Option::as_ref) {
+                    Some(window) => window.points(&series, points)?,
+                    None => (Vec::new(), Vec::new()),
+                }
             } else {
                 let read = history::downsample(&series, span, points).map_err(history_error)?;
                 (read.timestamps_ms, read.values)
@@ -310,35 +317,52 @@ impl StepAxis {
     }
 }
 
-/// Points of `series` on the step axis within `span` (a time range read through the
-/// axis as a range of steps), sorted by time, no two at one millisecond.
-fn step_points(series: &str, span: Span, points: u32, settings: &Settings) -> Result<(Vec<i64>, Vec<f64>), Answer> {
-    let Some(step) = &settings.step_series else {
-        return Err(Answer::error(400, "bad_payload", "x_axis `step` needs telemetry.step_key in the host configuration"));
-    };
-    let Some(axis) = StepAxis::of_run(step)? else {
-        return Ok((Vec::new(), Vec::new()));
-    };
-    let (from_step, to_step) = match span {
-        Span::Time(range) => (axis.step_at(range.from_ms), axis.step_at(range.to_ms)),
-        _ => (f64::NEG_INFINITY, f64::INFINITY),
-    };
-    let rows = step_rows(step, from_step, to_step)?;
-    let read = history::downsample(series, rows, points).map_err(history_error)?;
-    let steps = history::read_at(step, &read.rows).map_err(history_error)?;
-    let mut pairs: Vec<(i64, f64)> = steps
-        .iter()
-        .zip(read.values)
-        .filter(|(step, _)| (from_step..=to_step).contains(*step))
-        .map(|(step, value)| (axis.time_of(*step), value))
-        .collect();
-    pairs.sort_by_key(|(time, _)| *time);
-    // Distinct steps closer than a millisecond: one millisecond apart, as the host does
-    // with rows, so a panel joining series on time keeps them all.
-    for index in 1..pairs.len() {
-        pairs[index].0 = pairs[index].0.max(pairs[index - 1].0 + 1);
+/// The step axis of one query: the mapping, the steps its time range selects and the rows
+/// that may hold them, worked out once for every series the query asks.
+struct StepWindow {
+    step: String,
+    axis: StepAxis,
+    from_step: f64,
+    to_step: f64,
+    rows: Span,
+}
+
+impl StepWindow {
+    /// `None` while no row has a step.
+    fn of(span: Span, settings: &Settings) -> Result<Option<StepWindow>, Answer> {
+        let Some(step) = &settings.step_series else {
+            return Err(Answer::error(400, "bad_payload", "x_axis `step` needs telemetry.step_key in the host configuration"));
+        };
+        let Some(axis) = StepAxis::of_run(step)? else {
+            return Ok(None);
+        };
+        let (from_step, to_step) = match span {
+            Span::Time(range) => (axis.step_at(range.from_ms), axis.step_at(range.to_ms)),
+            _ => (f64::NEG_INFINITY, f64::INFINITY),
+        };
+        let rows = step_rows(step, from_step, to_step)?;
+        Ok(Some(StepWindow { step: step.clone(), axis, from_step, to_step, rows }))
     }
-    Ok(pairs.into_iter().unzip())
+
+    /// Points of `series` on the step axis within the window, sorted by time, no two at
+    /// one millisecond.
+    fn points(&self, series: &str, points: u32) -> Result<(Vec<i64>, Vec<f64>), Answer> {
+        let read = history::downsample(series, self.rows, points).map_err(history_error)?;
+        let steps = history::read_at(&self.step, &read.rows).map_err(history_error)?;
+        let mut pairs: Vec<(i64, f64)> = steps
+            .iter()
+            .zip(read.values)
+            .filter(|(step, _)| (self.from_step..=self.to_step).contains(*step))
+            .map(|(step, value)| (self.axis.time_of(*step), value))
+            .collect();
+        pairs.sort_by_key(|(time, _)| *time);
+        // Distinct steps closer than a millisecond: one millisecond apart, as the host does
+        // with rows, so a panel joining series on time keeps them all.
+        for index in 1..pairs.len() {
+            pairs[index].0 = pairs[index].0.max(pairs[index - 1].0 + 1);
+        }
+        Ok(pairs.into_iter().unzip())
+    }
 }
 
 /// The rows whose step may lie in `from_step..=to_step`, from a coarse read of the step
