@@ -9,9 +9,11 @@
 //! - [`capabilities`]: what a plugin may be granted, one module each;
 //! - [`node`]: the `run` command tying them together;
 //! - [`metrics`]: the host's own figures for Prometheus;
+//! - [`admin`]: the operator's routes (reloading the plugin directory);
 //! - [`http_error`]: the error answer of every HTTP route;
 //! - [`isolation`]: one plugin alone, for `plugin test` and the test kit.
 
+pub mod admin;
 pub mod bindings;
 pub mod callbacks;
 pub mod capabilities;

@@ -41,6 +41,10 @@ enum Command {
         /// Keep serving after the input ends, until SIGINT or SIGTERM.
         #[arg(long)]
         wait: bool,
+        /// Reload a plugin whenever its folder changes (new, rebuilt, edited or removed),
+        /// as SIGHUP and `plugin reload` do on demand.
+        #[arg(long)]
+        watch: bool,
     },
     /// Works with one plugin.
     Plugin {
@@ -69,6 +73,15 @@ enum Command {
 
 #[derive(Subcommand)]
 enum PluginCommand {
+    /// Tells a running host to reload its plugin directory and prints what changed.
+    Reload {
+        /// The running host's configuration (for http.listen and http.admin_token).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The host's address instead of the configuration's http.listen.
+        #[arg(long)]
+        url: Option<String>,
+    },
     /// Shows a component's world, imports, exports and the grants it needs.
     Inspect {
         /// A component (.wasm).
@@ -119,15 +132,21 @@ fn load_config(path: Option<&PathBuf>) -> Result<HostConfig> {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Run { config, plugins, input, demo_rate, wait } => {
+        Command::Run { config, plugins, input, demo_rate, wait, watch } => {
             let input = match input.as_str() {
                 "-" => Input::Stdin,
                 "demo" => Input::Demo { per_second: demo_rate },
                 "none" => Input::None,
                 path => Input::File(path.into()),
             };
-            let summary =
-                node::run(NodeOptions { config: load_config(config.as_ref())?, plugins_dir: plugins, input, wait_after_input: wait })?;
+            let options = NodeOptions {
+                config: load_config(config.as_ref())?,
+                plugins_dir: plugins,
+                input,
+                wait_after_input: wait,
+                watch_plugins: watch,
+            };
+            let summary = node::run(options)?;
             anyhow::ensure!(
                 summary.failed_plugins.is_empty(),
                 "{} plugin(s) failed to load or refused their configuration: {}",
@@ -163,6 +182,7 @@ fn run(cli: Cli) -> Result<()> {
             print!("{DEFAULT_CONFIG}");
             Ok(())
         }
+        Command::Plugin { command: PluginCommand::Reload { config, url } } => reload_running_host(&load_config(config.as_ref())?, url),
         Command::Plugin { command: PluginCommand::Inspect { file } } => {
             // What a component imports and exports is in its bytes: no compile.
             let (_, shape) = Runtime::read_component(&file)?;
@@ -203,4 +223,29 @@ fn run(cli: Cli) -> Result<()> {
             outcome.map_err(|failure| anyhow::anyhow!("plugin `{}` failed: {failure}", plugin.name()))
         }
     }
+}
+
+/// `POST /v1/plugins/reload` to the host `config` describes; fails when a plugin failed.
+fn reload_running_host(config: &HostConfig, url: Option<String>) -> Result<()> {
+    let base = match url {
+        Some(url) => url.trim_end_matches('/').to_string(),
+        None => {
+            // A host listening on every address is reached on this machine's loopback.
+            let listen = config.http.listen.replace("0.0.0.0:", "127.0.0.1:").replace("[::]:", "[::1]:");
+            format!("http://{listen}")
+        }
+    };
+    // A Python component can take a minute to compile.
+    let client = reqwest::blocking::Client::builder().timeout(std::time::Duration::from_secs(600)).build()?;
+    let mut request = client.post(format!("{base}/v1/plugins/reload"));
+    if let Some(token) = &config.http.admin_token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().with_context(|| format!("no host answers at {base}"))?;
+    let status = response.status();
+    let text = response.text()?;
+    let body: serde_json::Value = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+    println!("{}", serde_json::to_string_pretty(&body)?);
+    anyhow::ensure!(status.is_success(), "the reload did not apply everywhere ({status}): see `failed` above");
+    Ok(())
 }

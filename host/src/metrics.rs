@@ -28,6 +28,10 @@ pub trait PluginFigures: Send + Sync {
     fn running(&self) -> Vec<(String, Arc<PluginStats>)>;
     /// The plugins whose component is being compiled.
     fn compiling(&self) -> Vec<String>;
+    /// `(plugin, outcome)` -> reloads that came to it (added, replaced, removed, failed).
+    fn reloads(&self) -> Vec<((String, &'static str), u64)> {
+        Vec::new()
+    }
 }
 
 impl PluginFigures for crate::plugins::PluginSet {
@@ -37,6 +41,10 @@ impl PluginFigures for crate::plugins::PluginSet {
 
     fn compiling(&self) -> Vec<String> {
         self.view().compiling.clone()
+    }
+
+    fn reloads(&self) -> Vec<((String, &'static str), u64)> {
+        self.reload_outcomes()
     }
 }
 
@@ -107,6 +115,14 @@ pub fn render(figures: &HostFigures) -> String {
             running.iter().map(|(plugin, stats)| (format!("{{plugin=\"{}\"}}", label(plugin)), read(stats, rows))).collect();
         family(&mut text, name, kind, help, &samples);
     }
+    let reloads: Vec<(String, f64)> = figures
+        .plugins
+        .reloads()
+        .into_iter()
+        .map(|((plugin, outcome), count)| (format!("{{plugin=\"{}\",outcome=\"{outcome}\"}}", label(&plugin)), count as f64))
+        .collect();
+    let help = "Reloads of the plugin directory, per plugin and outcome (added, replaced, removed, failed).";
+    family(&mut text, "plugin_reloads_total", "counter", help, &reloads);
     text
 }
 

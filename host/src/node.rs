@@ -39,6 +39,9 @@ pub struct NodeOptions {
     /// Keep serving (and accepting samples over HTTP) after the input ends, until
     /// SIGINT/SIGTERM.
     pub wait_after_input: bool,
+    /// Reload the plugin directory whenever it changes (it is reloaded on SIGHUP and
+    /// `POST /v1/plugins/reload` either way).
+    pub watch_plugins: bool,
 }
 
 /// What a run did, per plugin.
@@ -92,12 +95,17 @@ pub fn run(options: NodeOptions) -> Result<RunSummary> {
     });
     let figures =
         crate::metrics::router(crate::metrics::HostFigures { ingest: counters.clone(), history: shared.clone(), plugins: plugins.clone() });
+    let admin = crate::admin::router(crate::admin::AdminEndpoint { plugins: plugins.clone(), token: config.http.admin_token.clone() });
     let servers = async_runtime.block_on(crate::capabilities::http_server::serve(
         &config.http.listen,
         &plugins,
         config.http.max_body_bytes,
-        Some(samples.merge(figures)),
+        Some(samples.merge(figures).merge(admin)),
     ))?;
+    async_runtime.spawn(reload_on_hangup(plugins.clone()));
+    if options.watch_plugins {
+        crate::plugins::watch::spawn(plugins.clone(), options.plugins_dir.clone())?;
+    }
     for server in &servers {
         tracing::info!("serving {} on http://{}", server.plugins.join(", "), server.address);
     }
@@ -216,6 +224,23 @@ fn run_demo(per_second: u32, stopping: &AtomicBool, pipeline: &mut Pipeline) -> 
         std::thread::sleep(pause);
     }
     pipeline.finish()
+}
+
+/// SIGHUP reloads the plugin directory, as it makes daemons reread their configuration.
+async fn reload_on_hangup(plugins: Arc<PluginSet>) {
+    #[cfg(unix)]
+    {
+        let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else { return };
+        while hangups.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading the plugin directory");
+            let plugins = plugins.clone();
+            if let Ok(Err(error)) = tokio::task::spawn_blocking(move || plugins.reload()).await {
+                tracing::error!("reload: {error:#}");
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    drop(plugins);
 }
 
 async fn wait_for_signal() {

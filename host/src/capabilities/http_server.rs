@@ -18,19 +18,17 @@ use crate::plugins::{Endpoint, PluginSet};
 
 /// Longest the host waits for a plugin's answer before answering 504 itself.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
-
-#[derive(Clone)]
-struct Route {
-    /// Empty for a plugin with an address of its own.
-    prefix: String,
-    plugin: String,
-}
+/// How long a request whose plugin stopped under it waits for a next version (a swap
+/// publishes it within this; a plugin removed or stopping does not).
+const STOPPED_WAIT: Duration = Duration::from_secs(2);
 
 #[derive(Clone)]
 struct Routes {
-    routes: Arc<Vec<Route>>,
+    /// The plugin of a server of its own; `None` for the host's server, where the
+    /// plugins' prefixes are looked up as they are now (a reload adds and removes them).
+    own: Option<String>,
     max_body_bytes: usize,
-    /// Where each request finds its plugin as it is now (compiling, running, gone).
+    /// Where each request finds its plugin as it is now (compiling, running, swapping, gone).
     plugins: Arc<PluginSet>,
 }
 
@@ -72,10 +70,9 @@ pub async fn serve(
     let mut servers = Vec::new();
     for (grant, plugin) in plugins.listen_grants() {
         match (grant.prefix, grant.address) {
-            (Some(prefix), _) => shared.push(Route { prefix, plugin }),
+            (Some(prefix), _) => shared.push(format!("{plugin} at {prefix}")),
             (None, Some(address)) => {
-                let routes = vec![Route { prefix: String::new(), plugin: plugin.clone() }];
-                let server = bind(&address, routes, max_body_bytes, plugins, None)
+                let server = bind(&address, Some(plugin.clone()), vec![plugin.clone()], max_body_bytes, plugins, None)
                     .await
                     .with_context(|| format!("plugin `{plugin}`: cannot listen on {address}"))?;
                 servers.push(server);
@@ -84,8 +81,7 @@ pub async fn serve(
         }
     }
     if !shared.is_empty() || host_routes.is_some() {
-        shared.sort_by_key(|route| std::cmp::Reverse(route.prefix.len()));
-        let server = bind(host_listen, shared, max_body_bytes, plugins, host_routes)
+        let server = bind(host_listen, None, shared, max_body_bytes, plugins, host_routes)
             .await
             .with_context(|| format!("cannot listen on {host_listen} (http.listen)"))?;
         servers.push(server);
@@ -95,21 +91,20 @@ pub async fn serve(
 
 async fn bind(
     address: &str,
-    routes: Vec<Route>,
+    own: Option<String>,
+    names: Vec<String>,
     max_body_bytes: usize,
     plugins: &Arc<PluginSet>,
     host_routes: Option<axum::Router>,
 ) -> Result<BoundServer> {
     let listener = tokio::net::TcpListener::bind(address).await?;
     let address = listener.local_addr()?;
-    let names = routes
-        .iter()
-        .map(|route| format!("{}{}", route.plugin, if route.prefix.is_empty() { String::new() } else { format!(" at {}", route.prefix) }))
-        .collect();
-    let state = Routes { routes: Arc::new(routes), max_body_bytes, plugins: plugins.clone() };
+    let state = Routes { own, max_body_bytes, plugins: plugins.clone() };
     let app = host_routes.unwrap_or_default().merge(axum::Router::new().fallback(forward).with_state(state));
     let (shutdown, mut stopped) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(async move {
+        // The peer's address is what the admin routes check when no admin token is set.
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
         let server = axum::serve(listener, app).with_graceful_shutdown(async move {
             let _ = stopped.wait_for(|stop| *stop).await;
         });
@@ -122,13 +117,15 @@ async fn bind(
 
 async fn forward(State(state): State<Routes>, request: axum::extract::Request) -> Response {
     let path = request.uri().path().to_string();
-    let Some(route) = state.routes.iter().find(|route| {
-        route.prefix.is_empty() || path == route.prefix || path.strip_prefix(&route.prefix).is_some_and(|rest| rest.starts_with('/'))
-    }) else {
+    let route = match &state.own {
+        Some(plugin) => Some((String::new(), plugin.clone())),
+        None => state.plugins.route(&path),
+    };
+    let Some((prefix, plugin)) = route else {
         // Unread, the request's body would stand where the next request should.
         return closing(error(StatusCode::NOT_FOUND, "not_found", &format!("no plugin serves {path}")));
     };
-    let inner_path = match &path[route.prefix.len()..] {
+    let inner_path = match &path[prefix.len()..] {
         "" => "/".to_string(),
         rest => rest.to_string(),
     };
@@ -151,28 +148,43 @@ async fn forward(State(state): State<Routes>, request: axum::extract::Request) -
             .collect(),
         body: body.to_vec(),
     };
-    let plugin = &route.plugin;
-    let endpoint = match state.plugins.endpoint(plugin) {
-        Endpoint::Ready(endpoint) => endpoint,
-        Endpoint::Compiling => {
-            let message = format!("plugin `{plugin}` is starting: its component is being compiled");
-            let mut answer = error(StatusCode::SERVICE_UNAVAILABLE, "plugin_starting", &message);
-            answer.headers_mut().insert(axum::http::header::RETRY_AFTER, HeaderValue::from_static("1"));
-            return answer;
-        }
-        Endpoint::Absent => {
-            return error(StatusCode::SERVICE_UNAVAILABLE, "plugin_stopped", &format!("plugin `{plugin}` is not running"));
-        }
-    };
-    let answer = tokio::time::timeout(ANSWER_TIMEOUT, endpoint.call(request)).await;
-    let response = match answer {
-        Ok(Some(response)) => response,
-        Ok(None) => {
-            return error(StatusCode::SERVICE_UNAVAILABLE, "plugin_stopped", &format!("plugin `{plugin}` has stopped"));
-        }
-        Err(_) => {
-            let message = format!("plugin `{plugin}` did not answer in time");
-            return error(StatusCode::GATEWAY_TIMEOUT, "plugin_timeout", &message);
+    let plugin = &plugin;
+    // A swap or a stop between looking the plugin up and handing it the request sends the
+    // request to whatever serves the plugin next, within the answer's deadline.
+    let deadline = tokio::time::Instant::now() + ANSWER_TIMEOUT;
+    let mut changes = state.plugins.changes();
+    let response = loop {
+        changes.borrow_and_update();
+        let endpoint = match state.plugins.endpoint(plugin) {
+            Endpoint::Ready(endpoint) => endpoint,
+            Endpoint::Swapping => {
+                if tokio::time::timeout_at(deadline, changes.changed()).await.is_err() {
+                    return error(StatusCode::GATEWAY_TIMEOUT, "plugin_timeout", &format!("plugin `{plugin}` did not answer in time"));
+                }
+                continue;
+            }
+            Endpoint::Compiling => {
+                let message = format!("plugin `{plugin}` is starting: its component is being compiled");
+                let mut answer = error(StatusCode::SERVICE_UNAVAILABLE, "plugin_starting", &message);
+                answer.headers_mut().insert(axum::http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+                return answer;
+            }
+            Endpoint::Absent => {
+                return error(StatusCode::SERVICE_UNAVAILABLE, "plugin_stopped", &format!("plugin `{plugin}` is not running"));
+            }
+        };
+        match tokio::time::timeout_at(deadline, endpoint.call(request.clone())).await {
+            Ok(Some(response)) => break response,
+            // Gone with its version: once the view changes the request goes to the next one.
+            Ok(None) => {
+                if tokio::time::timeout_at(deadline.min(tokio::time::Instant::now() + STOPPED_WAIT), changes.changed()).await.is_err() {
+                    return error(StatusCode::SERVICE_UNAVAILABLE, "plugin_stopped", &format!("plugin `{plugin}` has stopped"));
+                }
+            }
+            Err(_) => {
+                let message = format!("plugin `{plugin}` did not answer in time");
+                return error(StatusCode::GATEWAY_TIMEOUT, "plugin_timeout", &message);
+            }
         }
     };
     plugin_response(plugin, response)

@@ -85,6 +85,10 @@ pub struct HttpConfig {
     /// serialized: the configuration handed to plugins must not carry it.
     #[serde(default, skip_serializing)]
     pub ingest_token: Option<String>,
+    /// When set, `POST /v1/plugins/reload` needs `Authorization: Bearer <token>`; when
+    /// not, only clients on this machine may call it. Never serialized.
+    #[serde(default, skip_serializing)]
+    pub admin_token: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -181,6 +185,7 @@ impl Default for HttpConfig {
             max_body_bytes: default_max_body(),
             max_ingest_bytes: default_max_ingest(),
             ingest_token: None,
+            admin_token: None,
         }
     }
 }

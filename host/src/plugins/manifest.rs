@@ -196,46 +196,53 @@ impl Manifest {
 /// The host's own routes on its HTTP server, which no plugin prefix may cover.
 const HOST_ROUTES: [&str; 2] = ["/v1", "/metrics"];
 
+/// One folder of the plugin directory and what its manifest says.
+pub struct Discovered {
+    pub folder: PathBuf,
+    /// The manifest, or why it cannot be used (it does not parse, or it claims a name or a
+    /// prefix a folder before it claimed).
+    pub manifest: Result<Manifest>,
+}
+
 /// Refuses manifests that claim a name or a listen prefix another one claimed first (in
 /// folder order), naming both folders: two plugins of one name would share a cursor.
-fn refuse_duplicates(manifests: Vec<Result<Manifest>>) -> Vec<Result<Manifest>> {
+fn refuse_duplicates(found: Vec<Discovered>) -> Vec<Discovered> {
     let mut names: Vec<(String, PathBuf)> = Vec::new();
     let mut prefixes: Vec<(String, PathBuf)> = Vec::new();
-    manifests
-        .into_iter()
-        .map(|manifest| {
-            let manifest = manifest?;
-            if let Some((_, first)) = names.iter().find(|(name, _)| *name == manifest.name) {
-                bail!(
-                    "{}: the plugin name `{}` is already taken by {}; rename one of them",
-                    manifest.source.display(),
-                    manifest.name,
-                    first.display()
-                );
-            }
-            let prefix = manifest.grants.listen.as_ref().and_then(|listen| listen.prefix.clone());
-            if let Some(prefix) = &prefix
-                && let Some((_, first)) = prefixes.iter().find(|(taken, _)| taken == prefix)
-            {
-                bail!("{}: grants.listen.prefix `{prefix}` is already granted to {}", manifest.source.display(), first.display());
-            }
-            names.push((manifest.name.clone(), manifest.source.clone()));
-            if let Some(prefix) = prefix {
-                prefixes.push((prefix, manifest.source.clone()));
-            }
-            Ok(manifest)
-        })
-        .collect()
+    let mut check = |manifest: Result<Manifest>| -> Result<Manifest> {
+        let manifest = manifest?;
+        if let Some((_, first)) = names.iter().find(|(name, _)| *name == manifest.name) {
+            bail!(
+                "{}: the plugin name `{}` is already taken by {}; rename one of them",
+                manifest.source.display(),
+                manifest.name,
+                first.display()
+            );
+        }
+        let prefix = manifest.grants.listen.as_ref().and_then(|listen| listen.prefix.clone());
+        if let Some(prefix) = &prefix
+            && let Some((_, first)) = prefixes.iter().find(|(taken, _)| taken == prefix)
+        {
+            bail!("{}: grants.listen.prefix `{prefix}` is already granted to {}", manifest.source.display(), first.display());
+        }
+        names.push((manifest.name.clone(), manifest.source.clone()));
+        if let Some(prefix) = prefix {
+            prefixes.push((prefix, manifest.source.clone()));
+        }
+        Ok(manifest)
+    };
+    found.into_iter().map(|Discovered { folder, manifest }| Discovered { folder, manifest: check(manifest) }).collect()
 }
 
 /// The manifests of every plugin folder in `dir` (`dir/*/plugin.toml`), sorted by folder
 /// name. A manifest that does not parse is returned as an error beside the others.
-pub fn discover(dir: &Path) -> Result<Vec<Result<Manifest>>> {
+pub fn discover(dir: &Path) -> Result<Vec<Discovered>> {
     let entries = std::fs::read_dir(dir).with_context(|| format!("cannot read plugin directory {}", dir.display()))?;
     let mut folders: Vec<PathBuf> =
         entries.filter_map(|entry| entry.ok().map(|entry| entry.path())).filter(|path| path.join(MANIFEST_FILE).is_file()).collect();
     folders.sort();
-    Ok(refuse_duplicates(folders.iter().map(|folder| Manifest::load(&folder.join(MANIFEST_FILE))).collect()))
+    let found = folders.into_iter().map(|folder| Discovered { manifest: Manifest::load(&folder.join(MANIFEST_FILE)), folder }).collect();
+    Ok(refuse_duplicates(found))
 }
 
 #[cfg(test)]
@@ -295,7 +302,7 @@ mod tests {
             let text = format!("name = {name:?}\ncomponent = \"x.wasm\"\n[grants]\nlisten = {{ prefix = \"/p\" }}\n");
             std::fs::write(dir.path().join(folder).join(MANIFEST_FILE), text).unwrap();
         }
-        let found = discover(dir.path()).unwrap();
+        let found: Vec<Result<Manifest>> = discover(dir.path()).unwrap().into_iter().map(|found| found.manifest).collect();
         assert!(found[0].is_ok());
         let second = format!("{:#}", found[1].as_ref().unwrap_err());
         assert!(second.contains("b/plugin.toml") && second.contains("already taken by") && second.contains("a/plugin.toml"), "{second}");

@@ -119,6 +119,37 @@ impl HttpEndpoint {
 impl PluginRunner {
     /// Starts the plugin's thread; it delivers rows from `cursor` on.
     pub fn spawn(plugin: LoadedPlugin, env: PluginEnv, cursor: Cursor, options: RunnerOptions) -> std::io::Result<PluginRunner> {
+        PluginRunner::spawn_reporting(plugin, env, cursor, options, None)
+    }
+
+    /// Starts the plugin's thread and returns once its first `start` succeeded; if that
+    /// fails, the thread ends without retrying (nothing delivered, the cursor untouched)
+    /// and the error says why: a new version in a swap is judged by it.
+    pub fn spawn_checked(plugin: LoadedPlugin, env: PluginEnv, cursor: Cursor, options: RunnerOptions) -> Result<PluginRunner, String> {
+        let (report, started) = std::sync::mpsc::sync_channel(1);
+        let runner = PluginRunner::spawn_reporting(plugin, env, cursor, options, Some(report))
+            .map_err(|error| format!("cannot start a thread: {error}"))?;
+        match started.recv_timeout(runner.stop_grace) {
+            Ok(Ok(())) => Ok(runner),
+            Ok(Err(message)) => {
+                runner.stop();
+                Err(message)
+            }
+            Err(_) => {
+                let waited = runner.stop_grace.as_secs_f64();
+                runner.stop();
+                Err(format!("`start` did not return within {waited} s"))
+            }
+        }
+    }
+
+    fn spawn_reporting(
+        plugin: LoadedPlugin,
+        env: PluginEnv,
+        cursor: Cursor,
+        options: RunnerOptions,
+        first_start: Option<std::sync::mpsc::SyncSender<Result<(), String>>>,
+    ) -> std::io::Result<PluginRunner> {
         let (sender, receiver) = channel();
         let notified = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(PluginStats {
@@ -145,6 +176,7 @@ impl PluginRunner {
             cursor_file: cursor.file,
             failures: 0,
             reports: FailureReports::default(),
+            first_start,
         };
         let thread = std::thread::Builder::new().name(format!("plugin-{name}")).spawn(move || {
             // Dropped when the thread ends, however it ends: what `stop` waits for.
@@ -215,6 +247,8 @@ struct Worker {
     cursor_file: Option<CursorFile>,
     failures: u32,
     reports: FailureReports,
+    /// Told how the first `start` went; a failed first start then ends the thread.
+    first_start: Option<std::sync::mpsc::SyncSender<Result<(), String>>>,
 }
 
 /// Keeps a plugin that fails the same way again and again (a service down, no network)
@@ -272,7 +306,16 @@ impl Worker {
 
     fn run(&mut self) {
         loop {
-            match self.start_instance() {
+            let started = self.start_instance();
+            if let Some(report) = self.first_start.take() {
+                let outcome = started.as_ref().map(|_| ()).map_err(|failure| format!("`start` failed: {failure}"));
+                let failed = outcome.is_err();
+                let _ = report.send(outcome);
+                if failed {
+                    return;
+                }
+            }
+            match started {
                 Ok(mut instance) => {
                     if self.serve(&mut instance) {
                         return;
