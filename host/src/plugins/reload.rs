@@ -335,6 +335,14 @@ impl PluginSet {
             let kept = if failure.previous_version_kept { "; the previous version runs on" } else { "" };
             tracing::error!(plugin = %plugin, "reload failed: {}{kept}", failure.error);
         }
+        tracing::info!(
+            "plugin directory reloaded: {} added, {} replaced, {} removed, {} unchanged, {} failed",
+            report.added.len(),
+            report.replaced.len(),
+            report.removed.len(),
+            report.unchanged.len(),
+            report.failed.len()
+        );
     }
 
     /// What each plugin's reloads came to, for `/metrics`.

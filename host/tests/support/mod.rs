@@ -104,11 +104,17 @@ impl HostProcess {
 
     /// The host as soon as it serves (its plugins may still be compiling).
     pub fn start_ingesting(dir: &Path, port: u16, input: &str, plugins: &Path) -> HostProcess {
+        HostProcess::start_with_args(dir, port, input, plugins, &[])
+    }
+
+    /// The host as soon as it serves, with more arguments to `run`.
+    pub fn start_with_args(dir: &Path, port: u16, input: &str, plugins: &Path, extra: &[&str]) -> HostProcess {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("host.log")).unwrap();
         // Benchmarks compare another build side by side through this variable.
         let binary = std::env::var("TELEMETRY_HOST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_telemetry-host").to_string());
         let child = Command::new(binary)
             .args(["run", "--config", "telemetry.toml", "--plugins", plugins.to_str().unwrap(), "--input", input, "--wait"])
+            .args(extra)
             .current_dir(dir)
             .env("RUST_LOG", "info,wasmtime=warn,cranelift=warn")
             .stdin(Stdio::null())
