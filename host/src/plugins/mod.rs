@@ -244,6 +244,10 @@ impl PluginSet {
 
     /// Starts one loaded plugin from `cursor` (not once the set is stopping).
     pub fn add(&self, plugin: LoadedPlugin, env: PluginEnv, cursor: impl Into<Cursor>, options: RunnerOptions) -> Result<()> {
+        // Added before the servers are bound, its grant is served like one found at start.
+        if let Some(grant) = plugin.manifest.grants.listen.clone() {
+            self.listen.lock().expect("plugin set lock").push((grant, plugin.manifest.name.clone()));
+        }
         self.install_with(None, None, plugin, env, cursor.into(), options)
     }
 
