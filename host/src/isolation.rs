@@ -303,7 +303,7 @@ fn collect_files(dir: &Path, files: &mut Vec<(PathBuf, u64)>) {
 /// The manifest for `path`: the file itself if it is one, the `plugin.toml` of a folder,
 /// or the `plugin.toml` beside a component (pointed at that component); otherwise a
 /// minimal one.
-fn manifest_beside(path: &Path) -> Result<Manifest> {
+pub fn manifest_beside(path: &Path) -> Result<Manifest> {
     let beside = path.with_file_name(manifest::MANIFEST_FILE);
     if path.extension().is_some_and(|extension| extension == "wasm") && beside.is_file() {
         let mut manifest = Manifest::load(&beside)?;

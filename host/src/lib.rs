@@ -25,3 +25,4 @@ pub mod isolation;
 pub mod metrics;
 pub mod node;
 pub mod plugins;
+pub mod scaffold;

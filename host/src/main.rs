@@ -11,6 +11,7 @@ use telemetry_host::history::stats_file;
 use telemetry_host::isolation::{IsolatedPlugin, IsolationOptions};
 use telemetry_host::node::{self, Input, NodeOptions};
 use telemetry_host::plugins::loader::Runtime;
+use telemetry_host::scaffold;
 
 /// A telemetry node for distributed training runs: samples in, named series out to
 /// sandboxed WebAssembly connectors.
@@ -53,6 +54,12 @@ enum Command {
     },
     /// Prints the built-in default configuration.
     DefaultConfig,
+    /// Writes the plugin contract (the WIT package this host implements) into a folder.
+    Wit {
+        /// The folder to write `connector.wit` into.
+        #[arg(long, default_value = "wit")]
+        out: PathBuf,
+    },
     /// Imports the original node's stats file (a JSON object of columns) into an empty
     /// history, so the old run continues.
     ImportStats {
@@ -81,6 +88,26 @@ enum PluginCommand {
         /// The host's address instead of the configuration's http.listen.
         #[arg(long)]
         url: Option<String>,
+    },
+    /// Writes a new plugin folder that builds, loads and passes `plugin test` as written.
+    New {
+        /// The plugin's name: its folder, component and manifest name.
+        name: String,
+        /// The language of the plugin.
+        #[arg(long, value_enum)]
+        lang: scaffold::Language,
+        /// Where to create the folder.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Compiles a plugin into the host's compile cache, so its first start does not wait
+    /// for the compile; prints the time and peak memory it took.
+    Compile {
+        /// A component (.wasm), its folder, or its plugin.toml.
+        file: PathBuf,
+        /// Host configuration (its runtime.cache_dir); the built-in default if omitted.
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
     /// Shows a component's world, imports, exports and the grants it needs.
     Inspect {
@@ -121,6 +148,13 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// This process's peak resident memory (VmHWM), in MB.
+fn peak_memory_mb() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib: u64 = status.lines().find_map(|line| line.strip_prefix("VmHWM:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kib / 1024)
 }
 
 fn load_config(path: Option<&PathBuf>) -> Result<HostConfig> {
@@ -180,6 +214,38 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::DefaultConfig => {
             print!("{DEFAULT_CONFIG}");
+            Ok(())
+        }
+        Command::Wit { out } => {
+            println!("wrote {}", scaffold::write_wit(&out)?.display());
+            Ok(())
+        }
+        Command::Plugin { command: PluginCommand::New { name, lang, dir } } => {
+            let folder = scaffold::new_plugin(&dir, &name, lang)?;
+            println!(
+                "wrote {0}\nbuild:  {0}/build.sh\ntry:    telemetry-host plugin test {0} --input {0}/samples.ndjson",
+                folder.display()
+            );
+            Ok(())
+        }
+        Command::Plugin { command: PluginCommand::Compile { file, config } } => {
+            let cache_dir = load_config(config.as_ref())?.runtime.cache_dir;
+            let manifest = telemetry_host::isolation::manifest_beside(&file)?;
+            let started = std::time::Instant::now();
+            let compiled = Runtime::new(Some(cache_dir.clone()))?.compile(&manifest)?;
+            let what = match compiled.origin {
+                telemetry_host::plugins::cache::Origin::Cached => "was already in the cache",
+                telemetry_host::plugins::cache::Origin::Compiled => "compiled",
+            };
+            println!(
+                "{} ({:.1} MB, inlining {}) {what} in {:.2} s, peak memory {} MB; cache {}",
+                manifest.name,
+                compiled.size as f64 / 1e6,
+                if compiled.inlined { "on" } else { "off" },
+                started.elapsed().as_secs_f64(),
+                peak_memory_mb().map_or("unknown".into(), |mb| mb.to_string()),
+                cache_dir.display()
+            );
             Ok(())
         }
         Command::Plugin { command: PluginCommand::Reload { config, url } } => reload_running_host(&load_config(config.as_ref())?, url),

@@ -39,12 +39,23 @@ fn main() -> Result<()> {
         "test" => {
             build_guests(&workspace, &target)?;
             ensure_schemathesis(&target);
+            ensure_componentize_py(&target);
             ensure_grafana_data(&target);
             ensure_redis_server();
             // The default members: host, test kit and the suite (guests only build for wasm).
             test_with_summary(&workspace, &rest)
         }
-        _ => bail!("usage: cargo xtask run|test|guests [-- ARGS]"),
+        "bench" => {
+            build_guests(&workspace, &target)?;
+            ensure_componentize_py(&target);
+            ensure_redis_server();
+            let mut bench_args = vec!["bench".to_string(), "--package".into(), "telemetry-host".into()];
+            if let Some(name) = rest.first() {
+                bench_args.extend(["--bench".to_string(), name.clone()]);
+            }
+            cargo(&workspace, &[], &bench_args)
+        }
+        _ => bail!("usage: cargo xtask run|test|guests|bench [-- ARGS]"),
     }
 }
 
@@ -90,35 +101,45 @@ fn cargo(workspace: &Path, args: &[&str], extra: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// The Grafana conformance test runs schemathesis (PyPI): use `$SCHEMATHESIS` or one on the
-/// PATH, else install it into a virtual environment in the target directory. Failing to
-/// install is reported; the test that needs it then says so.
+/// The Grafana conformance test runs schemathesis (PyPI).
 fn ensure_schemathesis(target: &Path) {
-    const VERSION: &str = "schemathesis==4.32.5";
-    if std::env::var_os("SCHEMATHESIS").is_some() {
+    ensure_pip_tool(target, "schemathesis==4.32.5", "schemathesis", "SCHEMATHESIS", "its test will fail");
+}
+
+/// The Python plugins (template, benchmark) are built with componentize-py (PyPI).
+fn ensure_componentize_py(target: &Path) {
+    ensure_pip_tool(target, "componentize-py==0.25.1", "componentize-py", "COMPONENTIZE_PY", "the Python template test will fail");
+}
+
+/// A Python tool from PyPI, found at `$<variable>` or on the PATH, else installed into a
+/// virtual environment in the target directory; `$<variable>` then names it for the
+/// processes xtask runs. Failing to install is reported with `otherwise`; what needs the
+/// tool then says so.
+fn ensure_pip_tool(target: &Path, package: &str, binary: &str, variable: &str, otherwise: &str) {
+    if std::env::var_os(variable).is_some() {
         return;
     }
-    let venv = target.join("schemathesis-venv");
-    let installed = venv.join("bin").join("schemathesis");
+    let venv = target.join(format!("{binary}-venv"));
+    let installed = venv.join("bin").join(binary);
     if !installed.is_file() {
-        if Command::new("schemathesis").arg("--version").output().is_ok_and(|output| output.status.success()) {
+        if Command::new(binary).arg("--version").output().is_ok_and(|output| output.status.success()) {
             return;
         }
-        eprintln!("xtask: installing {VERSION} into {}", venv.display());
+        eprintln!("xtask: installing {package} into {}", venv.display());
         let created = Command::new("python3").arg("-m").arg("venv").arg(&venv).status().is_ok_and(|status| status.success());
         let pip = venv.join("bin").join("pip");
         let ok = created
             && Command::new(&pip)
-                .args(["install", "--quiet", "--disable-pip-version-check", VERSION])
+                .args(["install", "--quiet", "--disable-pip-version-check", package])
                 .status()
                 .is_ok_and(|status| status.success());
         if !ok {
-            eprintln!("xtask: warning: could not install schemathesis (needs python3 with venv and PyPI); its test will fail");
+            eprintln!("xtask: warning: could not install {package} (needs python3 with venv and PyPI); {otherwise}");
             return;
         }
     }
-    // SAFETY: xtask is single-threaded here; the variable is read by the test processes.
-    unsafe { std::env::set_var("SCHEMATHESIS", &installed) };
+    // SAFETY: xtask is single-threaded here; the variable is read by the processes it runs.
+    unsafe { std::env::set_var(variable, &installed) };
 }
 
 /// The Grafana oracle test runs Grafana's own front-end code (`@grafana/data` from npm) on

@@ -21,7 +21,39 @@ struct RawManifest {
     #[serde(default)]
     limits: Limits,
     #[serde(default)]
+    compile: CompileSettings,
+    #[serde(default)]
     config: toml::Table,
+}
+
+/// How the host compiles the component (`[compile]`).
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompileSettings {
+    #[serde(default)]
+    pub inlining: Inlining,
+}
+
+/// Cranelift's inlining: faster code, at a compile cost that grows steeply with the
+/// component (an interpreter bundled by componentize-py or componentize-js).
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Inlining {
+    /// On for components up to `loader::INLINING_MAX_BYTES`, off above.
+    #[default]
+    Auto,
+    On,
+    Off,
+}
+
+impl Inlining {
+    pub fn inlines(self, component_bytes: usize) -> bool {
+        match self {
+            Inlining::Auto => component_bytes <= super::loader::INLINING_MAX_BYTES,
+            Inlining::On => true,
+            Inlining::Off => false,
+        }
+    }
 }
 
 /// What a plugin may do beyond reading the history and logging.
@@ -124,6 +156,7 @@ pub struct Manifest {
     pub component: PathBuf,
     pub grants: Grants,
     pub limits: Limits,
+    pub compile: CompileSettings,
     pub config: toml::Table,
 }
 
@@ -142,6 +175,7 @@ impl Manifest {
             component: folder.join(raw.component),
             grants: raw.grants,
             limits: raw.limits,
+            compile: raw.compile,
             config: raw.config,
         };
         manifest.check().with_context(|| format!("{}: invalid plugin manifest", path.display()))?;

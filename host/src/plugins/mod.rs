@@ -207,7 +207,7 @@ impl PluginSet {
         let name = plugin.manifest.name.clone();
         let env = plugin_env(&sources.config, &sources.history, &plugin.secrets, &sources.transport);
         let loaded = sources.runtime.load(plugin.manifest, &sources.config.runtime.data_dir)?;
-        tracing::info!(plugin = %name, origin = ?loaded.origin, "loaded in {:.1} ms", loaded.load_time.as_secs_f64() * 1e3);
+        tracing::info!(plugin = %name, origin = ?loaded.origin, inlined = loaded.inlined, "loaded in {:.1} ms", loaded.load_time.as_secs_f64() * 1e3);
         Ok((loaded, env))
     }
 

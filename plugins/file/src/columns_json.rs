@@ -11,8 +11,8 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use crate::rows_jsonl::push_number;
-use crate::telemetry::connector::history::{self, RowRange};
+use telemetry_plugin::history::{self, RowRange};
+use telemetry_plugin::push_number;
 
 /// Rows read from the host per call.
 const CHUNK: u64 = 65_536;

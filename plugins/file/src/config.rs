@@ -4,8 +4,6 @@ use std::path::PathBuf;
 
 use serde_json::Value;
 
-use crate::telemetry::connector::types::StartContext;
-
 /// Where the granted data directory appears inside the plugin.
 pub const DATA_DIR: &str = "/data";
 
@@ -63,8 +61,7 @@ fn positive_number(value: Option<&Value>, key: &str, default: f64) -> Result<f64
     }
 }
 
-pub fn parse(context: &StartContext) -> Result<Settings, String> {
-    let config: Value = serde_json::from_str(&context.config_json).map_err(|error| format!("config is not JSON: {error}"))?;
+pub fn parse(config: &Value, series: &[String]) -> Result<Settings, String> {
     let object = config.as_object().cloned().unwrap_or_default();
     check_keys(&object, KEYS, "")?;
     let mut dir = PathBuf::from(DATA_DIR);
@@ -82,7 +79,7 @@ pub fn parse(context: &StartContext) -> Result<Settings, String> {
     let default_average = object.get("moving_average").and_then(Value::as_u64).unwrap_or(20);
     let plot = match object.get("plot") {
         None | Some(Value::Bool(false)) | Some(Value::Null) => None,
-        Some(Value::Object(plot)) => Some(parse_plot(plot, context, default_average)?),
+        Some(Value::Object(plot)) => Some(parse_plot(plot, series, default_average)?),
         Some(other) => return Err(format!("`plot` must be a table with xkey and ykeys, not {other}")),
     };
     Ok(Settings {
@@ -94,14 +91,14 @@ pub fn parse(context: &StartContext) -> Result<Settings, String> {
     })
 }
 
-fn parse_plot(plot: &serde_json::Map<String, Value>, context: &StartContext, default_average: u64) -> Result<PlotSettings, String> {
+fn parse_plot(plot: &serde_json::Map<String, Value>, series: &[String], default_average: u64) -> Result<PlotSettings, String> {
     check_keys(plot, PLOT_KEYS, "plot.")?;
     let series_name = |value: &Value, key: &str| -> Result<String, String> {
         let name = value.as_str().ok_or_else(|| format!("`{key}` must be a series name"))?;
-        if context.series.iter().any(|series| series == name) {
+        if series.iter().any(|known| known == name) {
             Ok(name.to_string())
         } else {
-            Err(format!("`{key}` names `{name}`, which is not a series; the series are: {}", context.series.join(", ")))
+            Err(format!("`{key}` names `{name}`, which is not a series; the series are: {}", series.join(", ")))
         }
     };
     let xkey = series_name(plot.get("xkey").ok_or("`plot.xkey` is missing")?, "plot.xkey")?;

@@ -15,19 +15,11 @@ mod plot;
 mod rows_jsonl;
 mod text_backend;
 
-use std::cell::RefCell;
 use std::time::Instant;
 
-wit_bindgen::generate!({
-    path: "../../wit",
-    world: "connector",
-});
-
 use config::Settings;
-use exports::telemetry::connector::telemetry_connector::Guest;
-use telemetry::connector::history;
-use telemetry::connector::log::{Level, write as log};
-use telemetry::connector::types::{ConnectorError, Rows, StartContext};
+use telemetry_plugin::log::{Level, write as log};
+use telemetry_plugin::{Connector, ConnectorError, RowFile, Rows, Start, history};
 
 /// Values of `telemetry.json` written per update while it is rewritten: about 25 ms of
 /// an update (some 200 ns a value, read from the host and formatted), so a rewrite of a
@@ -38,7 +30,7 @@ const JSON_VALUES_PER_UPDATE: u64 = 1 << 17;
 struct State {
     settings: Settings,
     series: Vec<String>,
-    jsonl: rows_jsonl::RowsFile,
+    jsonl: RowFile<rows_jsonl::Jsonl>,
     /// The rewrite of `telemetry.json` under way, if any.
     json: Option<columns_json::Rewrite>,
     /// When the last rewrite of `telemetry.json` was completed.
@@ -46,17 +38,6 @@ struct State {
     /// Rows of the last complete `telemetry.json` this instance wrote.
     json_rows: u64,
     last_plot: Option<Instant>,
-}
-
-thread_local! {
-    static STATE: RefCell<Option<State>> = const { RefCell::new(None) };
-}
-
-fn with_state<R>(action: impl FnOnce(&mut State) -> Result<R, ConnectorError>) -> Result<R, ConnectorError> {
-    STATE.with(|state| match state.borrow_mut().as_mut() {
-        Some(state) => action(state),
-        None => Err(ConnectorError::Internal("update or stop before start".into())),
-    })
 }
 
 fn unavailable(what: &str, error: std::io::Error) -> ConnectorError {
@@ -113,11 +94,14 @@ impl State {
     }
 }
 
-struct FileConnector;
+impl Connector for State {
+    /// Checked key by key in `config` (it predates typed configuration and keeps its
+    /// messages).
+    type Config = serde_json::Value;
 
-impl Guest for FileConnector {
-    fn start(context: StartContext) -> Result<(), ConnectorError> {
-        let settings = config::parse(&context).map_err(ConnectorError::InvalidConfig)?;
+    fn start(start: Start<serde_json::Value>) -> Result<State, ConnectorError> {
+        let context = &start.context;
+        let settings = config::parse(&start.config, &context.series).map_err(ConnectorError::InvalidConfig)?;
         if !settings.dir.is_dir() {
             std::fs::create_dir_all(&settings.dir).map_err(|error| {
                 ConnectorError::InvalidConfig(format!(
@@ -126,55 +110,44 @@ impl Guest for FileConnector {
                 ))
             })?;
         }
-        let jsonl = rows_jsonl::RowsFile::open(&settings.dir.join("telemetry.jsonl"), &context.series, context.next_row, settings.fsync)
-            .map_err(|error| {
-                ConnectorError::InvalidConfig(format!(
-                    "cannot write {}: {error} (is the data directory granted read-write?)",
-                    settings.dir.join("telemetry.jsonl").display()
-                ))
-            })?;
+        let path = settings.dir.join("telemetry.jsonl");
+        let jsonl = RowFile::resume(&path, rows_jsonl::Jsonl::new(&context.series), context.next_row, settings.fsync).map_err(|error| {
+            ConnectorError::InvalidConfig(format!("cannot write {}: {error} (is the data directory granted read-write?)", path.display()))
+        })?;
         log(Level::Info, &format!("writing to {} from row {}", settings.dir.display(), context.next_row));
-        STATE.with(|state| {
-            *state.borrow_mut() =
-                Some(State { settings, series: context.series, jsonl, json: None, last_json: None, json_rows: 0, last_plot: None })
-        });
+        Ok(State { settings, series: context.series.clone(), jsonl, json: None, last_json: None, json_rows: 0, last_plot: None })
+    }
+
+    fn update(&mut self, batch: Rows) -> Result<(), ConnectorError> {
+        let rows = batch.timestamps_ms.len() as u64;
+        if rows > 0 {
+            self.jsonl.append(&batch).map_err(|error| unavailable("telemetry.jsonl", error))?;
+        }
+        // The rows are in telemetry.jsonl now: a failure of what is derived from them is
+        // logged and tried again later, never reported as a failed update (the host would
+        // offer the same rows again and they would be appended twice).
+        if let Err(error) = self.advance_json() {
+            self.json = None;
+            self.last_json = Some(Instant::now());
+            log(Level::Warn, &format!("{}: {error}; tried again in {} s", self.json_path().display(), self.settings.json_interval_s));
+        }
+        let plot_due = self.settings.plot.as_ref().is_some_and(|plot| State::due(self.last_plot, plot.min_interval_s));
+        if rows > 0
+            && plot_due
+            && let Err(error) = self.draw_plot()
+        {
+            self.last_plot = Some(Instant::now());
+            log(Level::Warn, &format!("{error:?}"));
+        }
         Ok(())
     }
 
-    fn update(batch: Rows) -> Result<(), ConnectorError> {
-        with_state(|state| {
-            let rows = batch.timestamps_ms.len() as u64;
-            if rows > 0 {
-                state.jsonl.append(&batch).map_err(|error| unavailable("telemetry.jsonl", error))?;
-            }
-            // The rows are in telemetry.jsonl now: a failure of what is derived from them
-            // is logged and tried again later, never reported as a failed update (the host
-            // would offer the same rows again and they would be appended twice).
-            if let Err(error) = state.advance_json() {
-                state.json = None;
-                state.last_json = Some(Instant::now());
-                log(Level::Warn, &format!("{}: {error}; tried again in {} s", state.json_path().display(), state.settings.json_interval_s));
-            }
-            let plot_due = state.settings.plot.as_ref().is_some_and(|plot| State::due(state.last_plot, plot.min_interval_s));
-            if rows > 0
-                && plot_due
-                && let Err(error) = state.draw_plot()
-            {
-                state.last_plot = Some(Instant::now());
-                log(Level::Warn, &format!("{error:?}"));
-            }
-            Ok(())
-        })
-    }
-
-    fn stop() -> Result<(), ConnectorError> {
-        with_state(|state| {
-            state.finish_json()?;
-            state.draw_plot()?;
-            log(Level::Info, &format!("stopped with {} rows on disk", state.jsonl.next_row()));
-            Ok(())
-        })
+    fn stop(&mut self) -> Result<(), ConnectorError> {
+        self.finish_json()?;
+        self.draw_plot()?;
+        log(Level::Info, &format!("stopped with {} rows on disk", self.jsonl.next_row()));
+        Ok(())
     }
 }
 
-export!(FileConnector);
+telemetry_plugin::export_connector!(State);

@@ -15,8 +15,8 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 
 use crate::config::PlotSettings;
-use crate::telemetry::connector::history::{self, RowRange, Span};
 use crate::text_backend::TextBackend;
+use telemetry_plugin::history::{self, RowRange, Span};
 
 /// The curve colour (matplotlib's first colour); tests look for it.
 pub const CURVE: RGBColor = RGBColor(31, 119, 180);
