@@ -2,7 +2,7 @@
 
 use serde_json::Value;
 
-use crate::telemetry::connector::types::StartContext;
+use telemetry_plugin::StartContext;
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -42,8 +42,7 @@ const KEYS: &[&str] = &[
     "resume",
 ];
 
-pub fn parse(context: &StartContext) -> Result<Settings, String> {
-    let config: Value = serde_json::from_str(&context.config_json).map_err(|error| format!("config is not JSON: {error}"))?;
+pub fn parse(config: &Value, context: &StartContext) -> Result<Settings, String> {
     let object = config.as_object().cloned().unwrap_or_default();
     if let Some(unknown) = object.keys().find(|key| !KEYS.contains(&key.as_str())) {
         return Err(format!("unknown key `{unknown}` (known: {})", KEYS.join(", ")));

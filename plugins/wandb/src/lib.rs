@@ -26,23 +26,16 @@
 mod config;
 mod protocol;
 
-use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value, json};
 
-wit_bindgen::generate!({
-    path: "../../wit",
-    world: "outbound-connector",
-});
-
 use config::Settings;
-use exports::telemetry::connector::telemetry_connector::Guest;
 use protocol::Outcome;
-use telemetry::connector::history::{self, RowRange};
-use telemetry::connector::log::{Level, write as log};
-use telemetry::connector::types::{ConnectorError, Rows, StartContext};
+use telemetry_plugin::history::{self, RowRange};
+use telemetry_plugin::log::{Level, write as log};
+use telemetry_plugin::{Connector, ConnectorError, Rows, Start};
 
 const STATE_FILE: &str = "/data/wandb-run.json";
 /// Below wandb-core's 10 MiB request cap, with room for the summary.
@@ -134,10 +127,6 @@ impl Line {
         let escapes = text.bytes().filter(|byte| matches!(byte, b'"' | b'\\')).count();
         Line { body_bytes: text.len() + escapes + 3, text, step }
     }
-}
-
-thread_local! {
-    static STREAM: RefCell<Option<Stream>> = const { RefCell::new(None) };
 }
 
 /// Random bits from WASI's random source (which seeds `RandomState`).
@@ -474,13 +463,6 @@ fn batch_column_of(name: &str) -> Option<usize> {
     history::series_names().iter().position(|series| series == name)
 }
 
-fn with_stream<R>(action: impl FnOnce(&mut Stream) -> Result<R, ConnectorError>) -> Result<R, ConnectorError> {
-    STREAM.with(|stream| match stream.borrow_mut().as_mut() {
-        Some(stream) => action(stream),
-        None => Err(ConnectorError::Internal("update or stop before start".into())),
-    })
-}
-
 /// Rows `first..end` from the host's history, for rows taken by an earlier instance but
 /// never sent.
 fn rows_from_history(first: u64, end: u64) -> Rows {
@@ -492,11 +474,13 @@ fn rows_from_history(first: u64, end: u64) -> Rows {
     }
 }
 
-struct Wandb;
+impl Connector for Stream {
+    /// Checked key by key in `config` (it keeps its own messages).
+    type Config = Value;
 
-impl Guest for Wandb {
-    fn start(context: StartContext) -> Result<(), ConnectorError> {
-        let settings = config::parse(&context).map_err(ConnectorError::InvalidConfig)?;
+    fn start(start: Start<Value>) -> Result<Stream, ConnectorError> {
+        let context = &start.context;
+        let settings = config::parse(&start.config, context).map_err(ConnectorError::InvalidConfig)?;
         let resumed = RunState::load().filter(|_| settings.resume).filter(|run| {
             run.base_url == settings.base_url
                 && run.project == settings.project
@@ -558,55 +542,50 @@ impl Guest for Wandb {
                 }
             ),
         );
-        STREAM.with(|cell| *cell.borrow_mut() = Some(stream));
+        Ok(stream)
+    }
+
+    fn update(&mut self, batch: Rows) -> Result<(), ConnectorError> {
+        let deadline = Instant::now() + Duration::from_secs_f64(self.settings.request_timeout_s);
+        if let Some(reason) = &self.fatal {
+            if batch.timestamps_ms.is_empty() {
+                return Ok(());
+            }
+            self.dropped_rows += batch.timestamps_ms.len() as u64;
+            return Err(ConnectorError::Rejected(format!("the W&B stream stopped ({reason}); {} rows not sent", self.dropped_rows)));
+        }
+        self.take(&batch);
+        self.pump(false, deadline);
+        self.drain(deadline);
         Ok(())
     }
 
-    fn update(batch: Rows) -> Result<(), ConnectorError> {
-        with_stream(|stream| {
-            let deadline = Instant::now() + Duration::from_secs_f64(stream.settings.request_timeout_s);
-            if let Some(reason) = &stream.fatal {
-                if batch.timestamps_ms.is_empty() {
-                    return Ok(());
-                }
-                stream.dropped_rows += batch.timestamps_ms.len() as u64;
-                return Err(ConnectorError::Rejected(format!("the W&B stream stopped ({reason}); {} rows not sent", stream.dropped_rows)));
+    fn stop(&mut self) -> Result<(), ConnectorError> {
+        let deadline = Instant::now() + Duration::from_secs_f64(self.settings.stop_timeout_s);
+        while self.backlog() > 0 && self.fatal.is_none() && Instant::now() < deadline {
+            if let Some(not_before) = self.not_before {
+                let wait = not_before.saturating_duration_since(Instant::now()).min(deadline.saturating_duration_since(Instant::now()));
+                std::thread::sleep(wait);
             }
-            stream.take(&batch);
-            stream.pump(false, deadline);
-            stream.drain(deadline);
-            Ok(())
-        })
-    }
-
-    fn stop() -> Result<(), ConnectorError> {
-        with_stream(|stream| {
-            let deadline = Instant::now() + Duration::from_secs_f64(stream.settings.stop_timeout_s);
-            while stream.backlog() > 0 && stream.fatal.is_none() && Instant::now() < deadline {
-                if let Some(not_before) = stream.not_before {
-                    let wait = not_before.saturating_duration_since(Instant::now()).min(deadline.saturating_duration_since(Instant::now()));
-                    std::thread::sleep(wait);
-                }
-                stream.pump(true, deadline);
-            }
-            if let Some(reason) = &stream.fatal {
-                return Err(ConnectorError::Rejected(format!("the W&B stream stopped: {reason}")));
-            }
-            if stream.backlog() > 0 {
-                return Err(ConnectorError::Unavailable(format!(
-                    "W&B unreachable until the stop timeout; {} rows not sent (the run stays open and resumes at the next start)",
-                    stream.backlog()
-                )));
-            }
-            stream.send_finish(deadline + Duration::from_secs(5)).map_err(|reason| {
-                ConnectorError::Unavailable(format!(
-                    "sending the finish marker: {reason} (the run stays open and is finished at the next stop)"
-                ))
-            })?;
-            log(Level::Info, &format!("W&B run {} finished with {} history lines", stream.run.run_id, stream.run.lines_sent));
-            Ok(())
-        })
+            self.pump(true, deadline);
+        }
+        if let Some(reason) = &self.fatal {
+            return Err(ConnectorError::Rejected(format!("the W&B stream stopped: {reason}")));
+        }
+        if self.backlog() > 0 {
+            return Err(ConnectorError::Unavailable(format!(
+                "W&B unreachable until the stop timeout; {} rows not sent (the run stays open and resumes at the next start)",
+                self.backlog()
+            )));
+        }
+        self.send_finish(deadline + Duration::from_secs(5)).map_err(|reason| {
+            ConnectorError::Unavailable(format!(
+                "sending the finish marker: {reason} (the run stays open and is finished at the next stop)"
+            ))
+        })?;
+        log(Level::Info, &format!("W&B run {} finished with {} history lines", self.run.run_id, self.run.lines_sent));
+        Ok(())
     }
 }
 
-export!(Wandb);
+telemetry_plugin::export_connector!(Stream);
