@@ -146,7 +146,7 @@ pub mod instance {
         stopped
     }
 
-    fn with<C: Connector, R>(call: impl FnOnce(&mut C) -> Result<R, ConnectorError>) -> Result<R, ConnectorError> {
+    pub fn with<C: Connector, R>(call: impl FnOnce(&mut C) -> Result<R, ConnectorError>) -> Result<R, ConnectorError> {
         INSTANCE.with(|instance| match instance.borrow_mut().as_mut().and_then(|any| any.downcast_mut::<C>()) {
             Some(connector) => call(connector),
             None => Err(ConnectorError::Internal("update or stop before start".into())),

@@ -8,20 +8,10 @@ mod numbers;
 mod query;
 mod validate;
 
-use std::cell::RefCell;
-
 use serde_json::{Value, json};
-
-wit_bindgen::generate!({
-    path: "../../wit",
-    world: "http-connector",
-});
-
-use exports::telemetry::connector::http_handler::Guest as HttpHandler;
-use exports::telemetry::connector::telemetry_connector::Guest as Connector;
-use telemetry::connector::http_types::{Request, Response};
-use telemetry::connector::log::{Level, write as log};
-use telemetry::connector::types::{ConnectorError, Rows, StartContext};
+use telemetry_plugin::log::{Level, write as log};
+use telemetry_plugin::{Connector, ConnectorError, Rows, Start, StartContext};
+use telemetry_plugin_http::{HttpHandler, Request, Response};
 
 /// The OpenAPI document of the endpoints below, served at `/openapi.json`.
 const OPENAPI: &str = include_str!("openapi.json");
@@ -39,16 +29,7 @@ pub struct Settings {
     pub original_untargeted_answer: bool,
 }
 
-thread_local! {
-    static SETTINGS: RefCell<Option<Settings>> = const { RefCell::new(None) };
-}
-
-fn settings() -> Settings {
-    SETTINGS.with(|settings| settings.borrow().clone()).expect("start runs before any request")
-}
-
-fn parse_settings(context: &StartContext) -> Result<Settings, String> {
-    let config: Value = serde_json::from_str(&context.config_json).map_err(|error| format!("config is not JSON: {error}"))?;
+fn parse_settings(config: &Value, context: &StartContext) -> Result<Settings, String> {
     let number = |key: &str, default: u32| -> Result<u32, String> {
         match config.get(key) {
             None => Ok(default),
@@ -117,24 +98,24 @@ fn base64(bytes: &[u8]) -> String {
     out
 }
 
-struct Grafana;
+struct Grafana {
+    settings: Settings,
+}
 
 impl Connector for Grafana {
-    fn start(context: StartContext) -> Result<(), ConnectorError> {
-        let settings = parse_settings(&context).map_err(ConnectorError::InvalidConfig)?;
-        SETTINGS.with(|cell| *cell.borrow_mut() = Some(settings));
+    /// Checked key by key (it keeps its own messages).
+    type Config = Value;
+
+    fn start(start: Start<Value>) -> Result<Grafana, ConnectorError> {
+        let settings = parse_settings(&start.config, &start.context).map_err(ConnectorError::InvalidConfig)?;
         // Debug: every handler instance of the pool starts too, and the host already logs
         // where the plugin is served.
-        log(Level::Debug, &format!("serving {} series", context.series.len()));
-        Ok(())
+        log(Level::Debug, &format!("serving {} series", start.context.series.len()));
+        Ok(Grafana { settings })
     }
 
-    fn update(_batch: Rows) -> Result<(), ConnectorError> {
+    fn update(&mut self, _batch: Rows) -> Result<(), ConnectorError> {
         // Nothing to keep: requests read the host's history directly.
-        Ok(())
-    }
-
-    fn stop() -> Result<(), ConnectorError> {
         Ok(())
     }
 }
@@ -287,9 +268,9 @@ fn route(request: &Request, settings: &Settings) -> Answer {
 }
 
 impl HttpHandler for Grafana {
-    fn handle(request: Request) -> Response {
-        let settings = settings();
-        let mut answer = route(&request, &settings);
+    fn handle(&mut self, request: Request) -> Response {
+        let settings = &self.settings;
+        let mut answer = route(&request, settings);
         if let Some(origin) = &settings.cors_origin {
             answer.headers.push(("access-control-allow-origin".into(), origin.clone()));
             if origin != "*" {
@@ -300,4 +281,4 @@ impl HttpHandler for Grafana {
     }
 }
 
-export!(Grafana);
+telemetry_plugin_http::export_http_connector!(Grafana);

@@ -4,8 +4,8 @@
 use serde_json::{Map, Value, json};
 
 use crate::numbers::{push_integer, push_number};
-use crate::telemetry::connector::history::{self, HistoryError, Span, TimeRange};
 use crate::{Answer, Settings, dates};
+use telemetry_plugin::history::{self, HistoryError, Span, TimeRange};
 
 /// Payload options of every metric: the x axis and the answer format.
 const X_AXIS: &str = "x_axis";
