@@ -32,6 +32,18 @@ fn componentize_py() -> String {
     tool
 }
 
+/// componentize-js as `cargo xtask test` installs it (`COMPONENTIZE_JS`), else from PATH.
+fn componentize_js() -> String {
+    let tool = std::env::var("COMPONENTIZE_JS").unwrap_or_else(|_| "componentize-js".into());
+    let runs = Command::new(&tool).arg("--version").output().is_ok_and(|output| output.status.success());
+    assert!(
+        runs,
+        "cannot run `{tool}`: install it with `npm install @bytecodealliance/componentize-js@0.23.0` (or set COMPONENTIZE_JS), \
+         or run the tests through `cargo xtask test`, which installs it"
+    );
+    tool
+}
+
 /// `run` on an NDJSON input, which ends when every row reached every plugin.
 fn run_host(dir: &Path, input: &str) {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("host.log")).unwrap();
@@ -99,6 +111,17 @@ fn the_python_template_builds_passes_plugin_test_and_resumes_in_the_host() {
     check_template(dir.path(), "csv-py", "python", &|folder| {
         Command::new(folder.join("build.sh")).env("COMPONENTIZE_PY", &tool).output().unwrap()
     });
+}
+
+#[test]
+fn the_js_template_builds_passes_plugin_test_and_resumes_in_the_host() {
+    let tool = componentize_js();
+    let dir = tempfile::tempdir().unwrap();
+    check_template(dir.path(), "csv-js", "js", &|folder| {
+        Command::new(folder.join("build.sh")).env("COMPONENTIZE_JS", &tool).output().unwrap()
+    });
+    let inspected = host(&["plugin", "inspect", "plugins/csv-js/csv-js.wasm"], dir.path());
+    assert!(!text(&inspected).contains("wasi:http"), "the build flags leave WASI HTTP out:\n{}", text(&inspected));
 }
 
 /// `plugin new NAME --lang LANG`, its build, `plugin compile`, `plugin test` (and a typed

@@ -40,6 +40,7 @@ fn main() -> Result<()> {
             build_guests(&workspace, &target)?;
             ensure_schemathesis(&target);
             ensure_componentize_py(&target);
+            ensure_componentize_js(&target);
             ensure_grafana_data(&target);
             ensure_redis_server();
             // The default members: host, test kit and the suite (guests only build for wasm).
@@ -146,30 +147,52 @@ fn ensure_pip_tool(target: &Path, package: &str, binary: &str, variable: &str, o
 /// the host's answers: use `$GRAFANA_DATA_NODE_PATH`, else install it with npm into the
 /// target directory. Failing to install is reported; the test that needs it then says so.
 fn ensure_grafana_data(target: &Path) {
-    const PACKAGES: [&str; 3] = ["@grafana/data@13.2.3", "react@19.2.0", "react-dom@19.2.0"];
-    if std::env::var_os("GRAFANA_DATA_NODE_PATH").is_some() {
+    const PACKAGES: &[&str] = &["@grafana/data@13.2.3", "react@19.2.0", "react-dom@19.2.0"];
+    let modules = target.join("grafana-oracle").join("node_modules");
+    let installed = modules.join("@grafana").join("data").join("package.json");
+    ensure_npm_packages(PACKAGES, &installed, "GRAFANA_DATA_NODE_PATH", &modules, "its test will fail");
+}
+
+/// The JavaScript template is built with componentize-js (npm).
+fn ensure_componentize_js(target: &Path) {
+    let binary = target.join("componentize-js").join("node_modules").join(".bin").join("componentize-js");
+    ensure_npm_packages(
+        &["@bytecodealliance/componentize-js@0.23.0"],
+        &binary,
+        "COMPONENTIZE_JS",
+        &binary,
+        "the JS template test will fail",
+    );
+}
+
+/// npm packages installed beside the `node_modules` folder that holds `installed`, unless
+/// `installed` exists or `$variable` is set; `$variable` then names `value` for the
+/// processes xtask runs.
+fn ensure_npm_packages(packages: &[&str], installed: &Path, variable: &str, value: &Path, otherwise: &str) {
+    if std::env::var_os(variable).is_some() {
         return;
     }
-    let prefix = target.join("grafana-oracle");
-    let modules = prefix.join("node_modules");
-    if !modules.join("@grafana").join("data").join("package.json").is_file() {
-        eprintln!("xtask: installing {} into {}", PACKAGES.join(" "), prefix.display());
-        let installed = std::fs::create_dir_all(&prefix).is_ok()
+    let Some(prefix) = installed.ancestors().find(|dir| dir.ends_with("node_modules")).and_then(Path::parent) else {
+        return;
+    };
+    if !installed.exists() {
+        eprintln!("xtask: installing {} into {}", packages.join(" "), prefix.display());
+        let done = std::fs::create_dir_all(prefix).is_ok()
             && Command::new("npm")
                 .arg("install")
                 .arg("--prefix")
-                .arg(&prefix)
+                .arg(prefix)
                 .args(["--no-audit", "--no-fund", "--loglevel=error"])
-                .args(PACKAGES)
+                .args(packages)
                 .status()
                 .is_ok_and(|status| status.success());
-        if !installed {
-            eprintln!("xtask: warning: could not install @grafana/data (needs node and npm with the npm registry); its test will fail");
+        if !done {
+            eprintln!("xtask: warning: could not install {} (needs node and npm with the npm registry); {otherwise}", packages.join(" "));
             return;
         }
     }
-    // SAFETY: xtask is single-threaded here; the variable is read by the test processes.
-    unsafe { std::env::set_var("GRAFANA_DATA_NODE_PATH", &modules) };
+    // SAFETY: xtask is single-threaded here; the variable is read by the processes it runs.
+    unsafe { std::env::set_var(variable, value) };
 }
 
 /// The pipeline tests start a real `redis-server`: install Debian's package when it is

@@ -9,6 +9,14 @@ use anyhow::{Context, Result, bail};
 /// The contract, as the host was built against it.
 pub const CONNECTOR_WIT: &str = include_str!("../../../wit/connector.wit");
 
+/// The WASI packages the `file-connector` world imports, at the version the host
+/// implements: `deps/` beside the contract.
+const WASI_DEPS: [(&str, &str); 3] = [
+    ("clocks.wit", include_str!("../../../wit/deps/clocks.wit")),
+    ("filesystem.wit", include_str!("../../../wit/deps/filesystem.wit")),
+    ("io.wit", include_str!("../../../wit/deps/io.wit")),
+];
+
 /// The languages `plugin new` writes a plugin in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Language {
@@ -16,6 +24,8 @@ pub enum Language {
     Rust,
     /// componentize-py (PyPI), the `connector` world, files in the granted data directory.
     Python,
+    /// componentize-js (npm), the `file-connector` world, without WASI HTTP.
+    Js,
 }
 
 /// A template file: its name in the new folder, its text with `{{name}}` for the
@@ -39,16 +49,27 @@ const RUST: &[TemplateFile] = &[
     TemplateFile { path: "build.sh", text: include_str!("rust/build.sh"), executable: true },
 ];
 
+const JS: &[TemplateFile] = &[
+    TemplateFile { path: "app.js", text: include_str!("js/app.js"), executable: false },
+    TemplateFile { path: "build.sh", text: include_str!("js/build.sh"), executable: true },
+];
+
 const PYTHON: &[TemplateFile] = &[
     TemplateFile { path: "app.py", text: include_str!("python/app.py"), executable: false },
     TemplateFile { path: "build.sh", text: include_str!("python/build.sh"), executable: true },
 ];
 
-/// Writes the WIT package into `dir` (created if missing); returns the file written.
+/// Writes the WIT package into `dir` (created if missing), with the WASI packages its
+/// worlds import in `dir/deps`; returns the contract's file.
 pub fn write_wit(dir: &Path) -> Result<PathBuf> {
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let deps = dir.join("deps");
+    std::fs::create_dir_all(&deps).with_context(|| format!("cannot create {}", deps.display()))?;
     let path = dir.join("connector.wit");
     std::fs::write(&path, CONNECTOR_WIT).with_context(|| format!("cannot write {}", path.display()))?;
+    for (name, text) in WASI_DEPS {
+        let dep = deps.join(name);
+        std::fs::write(&dep, text).with_context(|| format!("cannot write {}", dep.display()))?;
+    }
     Ok(path)
 }
 
@@ -63,6 +84,7 @@ pub fn new_plugin(parent: &Path, name: &str, language: Language) -> Result<PathB
     let files = match language {
         Language::Rust => RUST,
         Language::Python => PYTHON,
+        Language::Js => JS,
     };
     for file in COMMON.iter().chain(files) {
         let path = folder.join(file.path);
@@ -103,6 +125,9 @@ mod tests {
         assert!(std::fs::read_to_string(rust.join("build.sh")).unwrap().contains("release/csv_rs.wasm\" csv-rs.wasm"));
         assert!(std::fs::read_to_string(rust.join("src/lib.rs")).unwrap().contains("\"/data/csv-rs.csv\""));
         assert_eq!(std::fs::read_to_string(folder.join("wit/connector.wit")).unwrap(), CONNECTOR_WIT);
+        assert!(std::fs::read_to_string(folder.join("wit/deps/filesystem.wit")).unwrap().starts_with("package wasi:filesystem@0.2.12;"));
+        let js = new_plugin(dir.path(), "csv-js", Language::Js).unwrap();
+        assert!(std::fs::read_to_string(js.join("app.js")).unwrap().contains("const FILE = 'csv-js.csv';"));
         let again = new_plugin(dir.path(), "csv-out", Language::Python).unwrap_err();
         assert!(format!("{again:#}").contains("exists already"), "{again:#}");
     }

@@ -69,9 +69,9 @@ macro_rules! export_http_connector {
             impl $crate::bindings::exports::telemetry::connector::http_handler::Guest for Export {
                 fn handle(request: $crate::Request) -> $crate::Response {
                     $crate::handle::<$connector>(request)
-        }
+                }
             }
-            $crate::bindings::export_world!(Export with_types_in $crate::bindings);
+    $crate::bindings::export_world!(Export with_types_in $crate::bindings);
         };
     };
 }
