@@ -121,6 +121,38 @@ fn server_errors_and_rate_limits_are_retried_without_losing_or_duplicating_rows(
 }
 
 #[test]
+fn run_creation_honours_retry_after_and_keeps_one_run_id() {
+    let standin = StandIn::start();
+    standin.inject([Fault::RateLimited(2), Fault::Status(503)]);
+    let mut host = host(&standin);
+    feed_in_updates(&mut host, 20, 10);
+    host.stop();
+    let (_, run) = standin.only_run();
+    assert_rows(&run, 20);
+    assert!(run.complete);
+    let creations: Vec<_> = standin.requests().into_iter().filter(|request| request.path == "/graphql").collect();
+    assert_eq!(creations.iter().map(|request| request.status).collect::<Vec<_>>(), [429, 503, 200]);
+    let waited = creations[1].at.duration_since(creations[0].at);
+    assert!(waited >= Duration::from_millis(1950), "Retry-After: 2 is honoured at creation, waited {waited:?}");
+    let names: Vec<&Value> = creations.iter().map(|request| &request.body["variables"]["name"]).collect();
+    assert!(names.iter().all(|name| *name == names[0]), "every attempt asks for the same run id: {names:?}");
+}
+
+#[test]
+fn a_graphql_error_at_run_creation_disables_the_plugin_without_retrying() {
+    let standin = StandIn::start();
+    standin.inject([Fault::GraphqlError("permission denied for project p")]);
+    let mut host = host(&standin);
+    let stats = host.stats("wandb");
+    assert!(wait_until(WAIT, || stats.disabled.load(std::sync::atomic::Ordering::Acquire)), "{}", host.log_text("wandb"));
+    feed_in_updates(&mut host, 20, 10);
+    host.stop();
+    let failure = stats.last_failure.lock().unwrap().clone().unwrap_or_default();
+    assert!(failure.contains("GraphQL errors") && failure.contains("permission denied for project p"), "{failure}");
+    assert_eq!(standin.requests().len(), 1, "a GraphQL error is not retried");
+}
+
+#[test]
 fn rows_queue_while_wandb_is_unreachable_and_go_out_when_it_is_back() {
     let standin = StandIn::start();
     let mut host = host(&standin);

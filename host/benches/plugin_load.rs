@@ -73,7 +73,8 @@ struct Compiled {
 /// One `plugin compile` in a process of its own, with its resource use from the kernel.
 fn compile(folder: &Path, cache: &Path) -> Compiled {
     let config = cache.join("host.toml");
-    std::fs::write(&config, format!("[runtime]\ncache_dir = {:?}\n", cache.join("cache"))).unwrap();
+    let text = format!("{}\n[runtime]\ncache_dir = {:?}\n", telemetry_host::config::DEFAULT_CONFIG, cache.join("cache"));
+    std::fs::write(&config, text).unwrap();
     let started = Instant::now();
     let output = Command::new("/usr/bin/time")
         .args(["-f", "%U %S %M"])

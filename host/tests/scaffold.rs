@@ -122,6 +122,26 @@ fn the_js_template_builds_passes_plugin_test_and_resumes_in_the_host() {
     });
     let inspected = host(&["plugin", "inspect", "plugins/csv-js/csv-js.wasm"], dir.path());
     assert!(!text(&inspected).contains("wasi:http"), "the build flags leave WASI HTTP out:\n{}", text(&inspected));
+
+    // Without those flags the component imports wasi:http, which the host refuses before
+    // compiling anything, naming the flags.
+    let folder = dir.path().join("with-http");
+    std::fs::create_dir(&folder).unwrap();
+    let source = dir.path().join("plugins/csv-js");
+    let built = Command::new(&tool)
+        .arg(source.join("app.js"))
+        .arg("--wit")
+        .arg(source.join("wit"))
+        .args(["--world-name", "file-connector", "-o"])
+        .arg(folder.join("with-http.wasm"))
+        .output()
+        .unwrap();
+    assert!(built.status.success(), "{}", text(&built));
+    std::fs::write(folder.join("plugin.toml"), "name = \"with-http\"\ncomponent = \"with-http.wasm\"\n").unwrap();
+    let refused = host(&["plugin", "compile", "with-http"], dir.path());
+    assert!(!refused.status.success());
+    let message = text(&refused);
+    assert!(message.contains("imports `wasi:http/") && message.contains("--disable http --disable fetch-event"), "{message}");
 }
 
 /// `plugin new NAME --lang LANG`, its build, `plugin compile`, `plugin test` (and a typed

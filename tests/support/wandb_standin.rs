@@ -21,6 +21,8 @@ pub enum Fault {
     Status(u16),
     /// 429 with `Retry-After: seconds`.
     RateLimited(u64),
+    /// 200 with a GraphQL `errors` list and no data.
+    GraphqlError(&'static str),
 }
 
 /// One request as received.
@@ -120,6 +122,9 @@ fn record(backend: &mut Backend, path: String, headers: &HeaderMap, body: &Value
             let mut response = (StatusCode::TOO_MANY_REQUESTS, "{\"error\":\"rate limited\"}").into_response();
             response.headers_mut().insert("retry-after", seconds.to_string().parse().unwrap());
             (429, Some(response))
+        }
+        Some(Fault::GraphqlError(message)) => {
+            (200, Some(axum::Json(json!({ "errors": [{ "message": message }], "data": null })).into_response()))
         }
     };
     backend.requests.push(Recorded { at: Instant::now(), path, headers: headers.clone(), body: body.clone(), status });

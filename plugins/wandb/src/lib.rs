@@ -38,6 +38,9 @@ use telemetry_plugin::log::{Level, write as log};
 use telemetry_plugin::{Connector, ConnectorError, Rows, Start};
 
 const STATE_FILE: &str = "/data/wandb-run.json";
+/// The longest `start` waits in all for the `Retry-After`s of run creation, well inside the
+/// shipped call limit (60 s).
+const UPSERT_WAIT_BUDGET: Duration = Duration::from_secs(20);
 /// Below wandb-core's 10 MiB request cap, with room for the summary.
 const MAX_REQUEST_BYTES: usize = 8 << 20;
 /// W&B allows 2 file_stream requests a second per run.
@@ -162,6 +165,11 @@ impl Stream {
     }
 
     /// Creates (or resumes) the run with `UpsertBucket`.
+    /// Creates (or resumes) the run. A `Retry-After` is honoured here, in `start`, while
+    /// the waits add up to at most `UPSERT_WAIT_BUDGET`; beyond it, or without one, the
+    /// call fails as unavailable and the host restarts the plugin after its backoff, with
+    /// the same run id (saved before the first attempt). GraphQL errors and the statuses
+    /// the official client gives up on are fatal: the plugin is disabled with the reason.
     fn upsert(&mut self, timeout: Duration) -> Result<(), ConnectorError> {
         let body = protocol::upsert_bucket_body(
             &self.run.run_id,
@@ -170,32 +178,41 @@ impl Stream {
             self.settings.group.as_deref(),
             &self.settings.run_config,
         );
-        match protocol::post_json(&format!("{}/graphql", self.settings.base_url), &body, timeout, true) {
-            Outcome::Ok(answer) => {
-                let bucket = protocol::parse_bucket(&answer).map_err(ConnectorError::Unavailable)?;
-                if let Some(entity) = bucket.entity {
-                    self.run.entity = Some(entity);
-                }
-                if let Some(project) = bucket.project {
-                    self.run.project = project;
-                }
-                if let Some(lines) = bucket.history_line_count
-                    && lines > self.run.lines_sent
-                {
-                    log(
-                        Level::Warn,
-                        &format!("W&B holds {lines} history lines, more than this plugin recorded; the extra lines will be overwritten"),
-                    );
-                }
-                self.run.save().map_err(|error| ConnectorError::Unavailable(format!("{STATE_FILE}: {error}")))?;
-                Ok(())
-            }
-            Outcome::Retry { reason, .. } => Err(ConnectorError::Unavailable(format!("creating the W&B run: {reason}"))),
-            Outcome::Fatal(reason) => Err(ConnectorError::InvalidConfig(format!(
+        let refused = |reason: String| {
+            ConnectorError::InvalidConfig(format!(
                 "W&B refused to create run {} in project {}: {reason}",
                 self.run.run_id, self.run.project
-            ))),
+            ))
+        };
+        let mut waited = Duration::ZERO;
+        let answer = loop {
+            match protocol::post_json(&format!("{}/graphql", self.settings.base_url), &body, timeout, true) {
+                Outcome::Ok(answer) => break answer,
+                Outcome::Retry { retry_after: Some(wait), .. } if waited + wait <= UPSERT_WAIT_BUDGET => {
+                    std::thread::sleep(wait);
+                    waited += wait;
+                }
+                Outcome::Retry { reason, .. } => return Err(ConnectorError::Unavailable(format!("creating the W&B run: {reason}"))),
+                Outcome::Fatal(reason) => return Err(refused(reason)),
+            }
+        };
+        let bucket = protocol::parse_bucket(&answer).map_err(refused)?;
+        if let Some(entity) = bucket.entity {
+            self.run.entity = Some(entity);
         }
+        if let Some(project) = bucket.project {
+            self.run.project = project;
+        }
+        if let Some(lines) = bucket.history_line_count
+            && lines > self.run.lines_sent
+        {
+            log(
+                Level::Warn,
+                &format!("W&B holds {lines} history lines, more than this plugin recorded; the extra lines will be overwritten"),
+            );
+        }
+        self.run.save().map_err(|error| ConnectorError::Unavailable(format!("{STATE_FILE}: {error}")))?;
+        Ok(())
     }
 
     /// Turns rows into history lines at the back of the queue.

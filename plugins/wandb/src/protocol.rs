@@ -93,8 +93,9 @@ pub struct Bucket {
 }
 
 pub fn parse_bucket(answer: &Value) -> Result<Bucket, String> {
+    // The official client does not retry a GraphQL error: the request itself is wrong.
     if let Some(errors) = answer.get("errors").filter(|errors| !errors.is_null()) {
-        return Err(format!("W&B answered with errors: {errors}"));
+        return Err(format!("GraphQL errors: {errors}"));
     }
     let bucket = &answer["data"]["upsertBucket"]["bucket"];
     Ok(Bucket {
