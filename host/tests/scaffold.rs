@@ -19,27 +19,14 @@ fn text(output: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
 }
 
-/// componentize-py as `cargo xtask test` installs it (`COMPONENTIZE_PY`), else from PATH;
-/// without it this test cannot say anything and fails saying so.
-fn componentize_py() -> String {
-    let tool = std::env::var("COMPONENTIZE_PY").unwrap_or_else(|_| "componentize-py".into());
+/// A build tool as `cargo xtask test` installs it (`$variable`), else `binary` from PATH;
+/// without it a template test cannot say anything and fails saying how to get it.
+fn build_tool(variable: &str, binary: &str, install: &str) -> String {
+    let tool = std::env::var(variable).unwrap_or_else(|_| binary.into());
     let runs = Command::new(&tool).arg("--version").output().is_ok_and(|output| output.status.success());
     assert!(
         runs,
-        "cannot run `{tool}`: install it with `pip install componentize-py==0.25.1` (or set COMPONENTIZE_PY), \
-         or run the tests through `cargo xtask test`, which installs it"
-    );
-    tool
-}
-
-/// componentize-js as `cargo xtask test` installs it (`COMPONENTIZE_JS`), else from PATH.
-fn componentize_js() -> String {
-    let tool = std::env::var("COMPONENTIZE_JS").unwrap_or_else(|_| "componentize-js".into());
-    let runs = Command::new(&tool).arg("--version").output().is_ok_and(|output| output.status.success());
-    assert!(
-        runs,
-        "cannot run `{tool}`: install it with `npm install @bytecodealliance/componentize-js@0.23.0` (or set COMPONENTIZE_JS), \
-         or run the tests through `cargo xtask test`, which installs it"
+        "cannot run `{tool}`: install it with `{install}` (or set {variable}), or run the tests through `cargo xtask test`, which installs it"
     );
     tool
 }
@@ -106,7 +93,7 @@ fn the_rust_template_builds_passes_plugin_test_and_resumes_in_the_host() {
 
 #[test]
 fn the_python_template_builds_passes_plugin_test_and_resumes_in_the_host() {
-    let tool = componentize_py();
+    let tool = build_tool("COMPONENTIZE_PY", "componentize-py", "pip install componentize-py==0.25.1");
     let dir = tempfile::tempdir().unwrap();
     check_template(dir.path(), "csv-py", "python", &|folder| {
         Command::new(folder.join("build.sh")).env("COMPONENTIZE_PY", &tool).output().unwrap()
@@ -115,7 +102,7 @@ fn the_python_template_builds_passes_plugin_test_and_resumes_in_the_host() {
 
 #[test]
 fn the_js_template_builds_passes_plugin_test_and_resumes_in_the_host() {
-    let tool = componentize_js();
+    let tool = build_tool("COMPONENTIZE_JS", "componentize-js", "npm install @bytecodealliance/componentize-js@0.23.0");
     let dir = tempfile::tempdir().unwrap();
     check_template(dir.path(), "csv-js", "js", &|folder| {
         Command::new(folder.join("build.sh")).env("COMPONENTIZE_JS", &tool).output().unwrap()
