@@ -112,6 +112,81 @@ fn a_plugin_opening_files_without_bound_runs_out_of_its_own_handles_not_the_host
 }
 
 #[test]
+fn a_plugin_filling_its_data_directory_is_stopped_at_its_disk_limit_with_a_full_disk_error() {
+    let manifest = "[grants]\ndata_dir = { path = \"bad\" }\noutbound = [{ url = \"http://127.0.0.1:9\" }]\n[limits]\ndisk_mb = 2\n[config]\nfault = \"fill-disk\"\n";
+    let mut host = TestHost::start(&[misbehaving(manifest), good()]);
+    let bad = host.stats("bad");
+    for _ in 0..4 {
+        host.feed(ROWS / 4);
+    }
+    assert!(host.wait_for_cursor("good", ROWS, WAIT), "the good plugin fell behind");
+    assert!(
+        wait_until(WAIT, || host.log_text("bad").contains("fill-disk files refused")),
+        "the plugin never ran into its limit: {}",
+        host.log_text("bad")
+    );
+    let quota = bad.disk_quota.clone().expect("a writable data directory has an allowance");
+    let used = quota.used_bytes();
+    host.stop();
+    assert_eq!(host.recorded_rows("good"), (0..ROWS).collect::<Vec<_>>(), "the good plugin must get every row exactly once");
+    let log = host.log_text("bad");
+    assert!(log.contains("No space left on device"), "the plugin sees a full disk: {log}");
+    assert!(!log.contains("unrefused"), "{log}");
+    let bytes: usize = log
+        .lines()
+        .find_map(|line| line.split("fill-disk bytes refused after ").nth(1)?.split(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no byte count: {log}"));
+    assert!((1 << 20..=2 << 20).contains(&bytes), "appended {bytes} bytes under a 2 MiB limit");
+    let files: usize = log
+        .lines()
+        .find_map(|line| line.split("fill-disk files refused after ").nth(1)?.split(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no file count: {log}"));
+    assert!((256..=512).contains(&files), "made {files} empty files under a 2 MiB limit (4 KiB each)");
+    assert!(quota.refused() >= 2, "{}", quota.refused());
+    assert!(used <= 2 << 20, "{used} bytes counted past the limit");
+    let on_disk: u64 = std::fs::read_dir(host.data_dir().join("bad")).unwrap().map(|entry| entry.unwrap().metadata().unwrap().len()).sum();
+    assert!(on_disk <= 2 << 20, "{on_disk} bytes on disk past the 2 MiB limit");
+}
+
+#[test]
+fn a_secret_echoed_by_a_granted_server_never_reaches_the_host_log() {
+    const KEY: &str = "local-key-0123456789abcdef";
+    // A granted server that answers with the request's headers, as httpbin does.
+    let upstream = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let listener = upstream.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let upstream_url = format!("http://{}", listener.local_addr().unwrap());
+    upstream.spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut request = vec![0u8; 8192];
+                let read = socket.read(&mut request).await?;
+                let echoed = String::from_utf8_lossy(&request[..read]).replace("\r\n", " | ");
+                let body = format!("key={KEY}; you sent {echoed}");
+                let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", body.len());
+                socket.write_all(head.as_bytes()).await?;
+                socket.write_all(body.as_bytes()).await
+            });
+        }
+    });
+    let root = tempfile::tempdir().unwrap();
+    let config = test_config(root.path());
+    let manifest = format!(
+        "[grants]\ndata_dir = {{ path = \"bad\" }}\n[[grants.outbound]]\nurl = {upstream_url:?}\ncredential = {{ secret = \"echo_key\", scheme = \"basic\", username = \"api\" }}\n[config]\nfault = \"fetch\"\nonce = true\nurl = \"{upstream_url}/anything\"\n"
+    );
+    let secrets = Secrets::from_values([("echo_key".to_string(), KEY.to_string())]);
+    let mut host = TestHost::start_with(root, config, &[misbehaving(&manifest), good()], Transport::network().unwrap(), secrets);
+    feed_and_check_good(&mut host);
+    let log = host.log_text("bad");
+    assert!(log.contains("fetch: status 200"), "the request went out: {log}");
+    assert!(log.contains("authorization: Basic [secret echo_key]"), "the echoed header is hidden: {log}");
+    assert!(log.contains("key=[secret echo_key]"), "the echoed value is hidden: {log}");
+    assert!(log.contains("fetch on stderr: key=[secret echo_key]; you sent"), "stderr went through the same scrubbing: {log}");
+    let token = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, format!("api:{KEY}"));
+    assert!(!log.contains(KEY) && !log.contains(&token), "a secret reached the log: {log}");
+}
+
+#[test]
 fn a_response_larger_than_the_plugin_may_receive_is_refused_without_being_read_whole() {
     // A granted server that streams 1 GiB.
     let upstream = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();

@@ -79,7 +79,7 @@ pub fn render(figures: &HostFigures) -> String {
     family(&mut text, "sample_faults_total", "counter", "Faults by kind; a sample may have several.", &by_kind);
     family(&mut text, "rows_stored", "gauge", "Rows in the history.", &plain(rows as f64));
     type Read = fn(&PluginStats, u64) -> f64;
-    let per_plugin: [(&str, &str, &str, Read); 10] = [
+    let per_plugin: [(&str, &str, &str, Read); 12] = [
         ("plugin_rows_delivered_total", "counter", "Rows each plugin acknowledged.", |stats, _| {
             stats.rows_delivered.load(Ordering::Relaxed) as f64
         }),
@@ -102,6 +102,12 @@ pub fn render(figures: &HostFigures) -> String {
         }),
         ("plugin_log_lines_dropped_total", "counter", "Log lines over the plugin's allowance, dropped.", |stats, _| {
             stats.log_budget.dropped.load(Ordering::Relaxed) as f64
+        }),
+        ("plugin_disk_bytes", "gauge", "Space counted against the plugin's limits.disk_mb in its data directory.", |stats, _| {
+            stats.disk_quota.as_ref().map_or(0.0, |quota| quota.used_bytes() as f64)
+        }),
+        ("plugin_disk_refused_total", "counter", "Writes to its data directory refused at limits.disk_mb.", |stats, _| {
+            stats.disk_quota.as_ref().map_or(0.0, |quota| quota.refused() as f64)
         }),
         ("plugin_denied_total", "counter", "Capability uses refused (outgoing requests to ungranted hosts).", |stats, _| {
             stats.denied.load(Ordering::Relaxed) as f64

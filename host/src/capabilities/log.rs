@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::bindings::log::{Host, Level};
+use crate::capabilities::secrets::Scrubber;
 
 /// One message a plugin logged.
 #[derive(Debug, Clone, PartialEq)]
@@ -55,16 +56,27 @@ pub struct PluginLog {
     plugin: Arc<str>,
     capture: Option<Arc<Mutex<Vec<LogLine>>>>,
     budget: Arc<LogBudget>,
+    scrubber: Scrubber,
 }
 
 impl PluginLog {
     pub fn to_tracing(plugin: &str, budget: Arc<LogBudget>) -> PluginLog {
-        PluginLog { plugin: plugin.into(), capture: None, budget }
+        PluginLog { plugin: plugin.into(), capture: None, budget, scrubber: Scrubber::default() }
     }
 
     /// Messages are kept in `capture` (and also sent to the host's log).
     pub fn captured(plugin: &str, capture: Arc<Mutex<Vec<LogLine>>>, budget: Arc<LogBudget>) -> PluginLog {
-        PluginLog { plugin: plugin.into(), capture: Some(capture), budget }
+        PluginLog { plugin: plugin.into(), capture: Some(capture), budget, scrubber: Scrubber::default() }
+    }
+
+    /// Lines logged from now on have the plugin's secrets hidden.
+    pub fn scrubbing(mut self, scrubber: Scrubber) -> PluginLog {
+        self.scrubber = scrubber;
+        self
+    }
+
+    pub fn scrub(&self, text: String) -> String {
+        self.scrubber.scrub(text)
     }
 }
 
@@ -97,6 +109,7 @@ impl PluginLog {
             message.truncate(cut);
             message.push_str(" [truncated]");
         }
+        let message = self.scrubber.scrub(message);
         match level {
             Level::Trace => tracing::trace!(plugin, "{message}"),
             Level::Debug => tracing::debug!(plugin, "{message}"),

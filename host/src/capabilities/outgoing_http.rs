@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 use crate::bindings::http_types::{Request, Response};
 use crate::bindings::outgoing_http::{Host, SendError};
-use crate::capabilities::secrets::Secrets;
+use crate::capabilities::secrets::{Scrubber, Secrets};
 
 /// `[[grants.outbound]]`: one scheme, host (or `*.domain`) and port the plugin may call.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -165,12 +165,22 @@ pub struct OutgoingHttp {
     /// The largest response body read for the plugin: it is read in pieces and refused past
     /// this, so a huge answer never sits whole in the host.
     pub max_response_bytes: usize,
+    /// The plugin's secrets, as they travel, hidden from what it is told and logs.
+    scrubber: Scrubber,
 }
 
 impl OutgoingHttp {
     pub fn new(plugin: &str, grants: Vec<OutboundGrant>, secrets: Secrets, transport: Transport) -> OutgoingHttp {
         // Manifests are checked at load, so every pattern parses.
-        let grants = grants.into_iter().filter_map(|grant| Some((parse_pattern(&grant.url).ok()?, grant))).collect();
+        let grants: Vec<(Origin, OutboundGrant)> =
+            grants.into_iter().filter_map(|grant| Some((parse_pattern(&grant.url).ok()?, grant))).collect();
+        let forms = grants.iter().filter_map(|(_, grant)| grant.credential.as_ref()).flat_map(|credential| {
+            let secret = secrets.get(&credential.secret).map(str::to_string);
+            let sent = secret.as_deref().map(|secret| credential.header(secret).1);
+            let token = sent.map(|value| value.rsplit(' ').next().unwrap_or_default().to_string());
+            [secret, token].into_iter().flatten().map(|form| (form, credential.secret.clone()))
+        });
+        let scrubber = Scrubber::new(forms.collect::<Vec<_>>());
         OutgoingHttp {
             plugin: plugin.into(),
             grants,
@@ -179,7 +189,12 @@ impl OutgoingHttp {
             call_deadline: None,
             denied: Arc::default(),
             max_response_bytes: usize::MAX,
+            scrubber,
         }
+    }
+
+    pub fn scrubber(&self) -> Scrubber {
+        self.scrubber.clone()
     }
 
     fn deny(&self, url: &Url) -> SendError {
@@ -196,16 +211,22 @@ impl OutgoingHttp {
     }
 
     fn credential_header(&self, credential: &Credential) -> Option<(String, String)> {
-        let secret = self.secrets.get(&credential.secret)?;
-        Some(match credential.scheme {
+        Some(credential.header(self.secrets.get(&credential.secret)?))
+    }
+}
+
+impl Credential {
+    /// The header that carries `secret`, as sent.
+    fn header(&self, secret: &str) -> (String, String) {
+        match self.scheme {
             CredentialScheme::Basic => {
-                let user = credential.username.as_deref().unwrap_or("");
+                let user = self.username.as_deref().unwrap_or("");
                 let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{secret}"));
                 ("authorization".into(), format!("Basic {token}"))
             }
             CredentialScheme::Bearer => ("authorization".into(), format!("Bearer {secret}")),
-            CredentialScheme::Header => (credential.header.clone().unwrap_or_default().to_ascii_lowercase(), secret.to_string()),
-        })
+            CredentialScheme::Header => (self.header.clone().unwrap_or_default().to_ascii_lowercase(), secret.to_string()),
+        }
     }
 }
 
@@ -226,7 +247,7 @@ impl Host for OutgoingHttp {
             let left = deadline.saturating_duration_since(Instant::now()).mul_f64(0.9);
             timeout = timeout.min(left);
         }
-        match &self.transport {
+        let outcome = match &self.transport {
             Transport::Network(client) => send_over_network(client, request, url, timeout, self.max_response_bytes),
             Transport::Recording { exchanges, responder } => {
                 let response = responder(&request);
@@ -235,7 +256,13 @@ impl Host for OutgoingHttp {
                 exchanges.lock().expect("recording lock").push(Exchange { request: recorded, response: Ok(response.clone()) });
                 Ok(response)
             }
-        }
+        };
+        // The response itself is the plugin's to read; only the host's own words are scrubbed.
+        outcome.map_err(|error| match error {
+            SendError::Connection(message) => SendError::Connection(self.scrubber.scrub(message)),
+            SendError::InvalidRequest(message) => SendError::InvalidRequest(self.scrubber.scrub(message)),
+            other => other,
+        })
     }
 }
 

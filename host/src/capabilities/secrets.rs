@@ -83,9 +83,50 @@ impl Secrets {
     }
 }
 
+/// Takes a plugin's secrets, in every form the host sends them in, out of text the host
+/// logs or hands back: a granted server that echoes a request header must not put the key
+/// in the host's log through the plugin's messages or errors. (It cannot stop a plugin
+/// that transforms what it was sent before logging it.)
+#[derive(Clone, Default, Debug)]
+pub struct Scrubber {
+    /// (text to hide, the name of its secret).
+    forms: Arc<Vec<(String, String)>>,
+}
+
+/// Shorter values are not searched for: hiding them would garble ordinary text.
+const SHORTEST_SCRUBBED: usize = 4;
+
+impl Scrubber {
+    pub fn new(forms: impl IntoIterator<Item = (String, String)>) -> Scrubber {
+        let mut forms: Vec<(String, String)> = forms.into_iter().filter(|(form, _)| form.len() >= SHORTEST_SCRUBBED).collect();
+        // A longer form first, so one containing another is hidden whole.
+        forms.sort_by_key(|(form, _)| std::cmp::Reverse(form.len()));
+        Scrubber { forms: Arc::new(forms) }
+    }
+
+    /// `text` with every form replaced by `[secret NAME]`.
+    pub fn scrub(&self, text: String) -> String {
+        self.forms.iter().fold(text, |text, (form, name)| match text.contains(form.as_str()) {
+            true => text.replace(form.as_str(), &format!("[secret {name}]")),
+            false => text,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_form_of_a_secret_is_hidden() {
+        let scrubber = Scrubber::new([
+            ("s3cr3t-key".into(), "key".into()),
+            ("YXBpOnMzY3IzdC1rZXk=".into(), "key".into()),
+            ("ab".into(), "short".into()),
+        ]);
+        let text = "echo: authorization: Basic YXBpOnMzY3IzdC1rZXk= and s3cr3t-key; ab stays".to_string();
+        assert_eq!(scrubber.scrub(text), "echo: authorization: Basic [secret key] and [secret key]; ab stays");
+    }
 
     fn sources() -> BTreeMap<String, SecretSource> {
         let source = |var: &str, plugins: &[&str]| SecretSource {

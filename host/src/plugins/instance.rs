@@ -17,6 +17,7 @@ use super::manifest::Limits;
 use crate::bindings::connector_async::exports::telemetry::connector as exports;
 use crate::bindings::http_types::{Request, Response};
 use crate::bindings::types::{ConnectorError, Rows, StartContext};
+use crate::capabilities::disk_quota::{DiskQuota, DiskQuotaView};
 use crate::capabilities::history::HistoryReader;
 use crate::capabilities::log::{LogLine, PluginLog};
 use crate::capabilities::outgoing_http::{OutgoingHttp, Transport};
@@ -31,6 +32,13 @@ pub struct PluginState {
     pub log: PluginLog,
     pub history: HistoryReader,
     pub outgoing: OutgoingHttp,
+    disk_quota: Option<Arc<DiskQuota>>,
+}
+
+impl DiskQuotaView for PluginState {
+    fn disk_quota(&self) -> Option<&Arc<DiskQuota>> {
+        self.disk_quota.as_ref()
+    }
 }
 
 impl WasiView for PluginState {
@@ -159,6 +167,16 @@ impl Instance {
 
     fn finish(&mut self, result: wasmtime::Result<Result<(), ConnectorError>>) -> Result<(), CallFailure> {
         self.store.data_mut().outgoing.call_deadline = None;
+        // What a plugin says of a failure is logged by the host: without its secrets.
+        let log = &self.store.data().log;
+        let result = result.map(|outcome| {
+            outcome.map_err(|error| match error {
+                ConnectorError::InvalidConfig(message) => ConnectorError::InvalidConfig(log.scrub(message)),
+                ConnectorError::Unavailable(message) => ConnectorError::Unavailable(log.scrub(message)),
+                ConnectorError::Rejected(message) => ConnectorError::Rejected(log.scrub(message)),
+                ConnectorError::Internal(message) => ConnectorError::Internal(log.scrub(message)),
+            })
+        });
         call_outcome(result, &self.limits)
     }
 }
@@ -201,14 +219,15 @@ fn new_store(plugin: &LoadedPlugin, env: &PluginEnv) -> Result<Store<PluginState
     let manifest = &plugin.manifest;
     let data_dir = plugin.data_dir.as_deref().zip(manifest.grants.data_dir.as_ref().map(|grant| grant.access));
     let memory_bytes = usize::try_from(manifest.limits.memory_mb.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
+    let mut outgoing = OutgoingHttp::new(&manifest.name, manifest.grants.outbound.clone(), env.secrets.clone(), env.transport.clone());
     let log = match &env.log_capture {
         Some(capture) => PluginLog::captured(&manifest.name, capture.clone(), env.log_budget.clone()),
         None => PluginLog::to_tracing(&manifest.name, env.log_budget.clone()),
-    };
+    }
+    .scrubbing(outgoing.scrubber());
     let stderr = crate::capabilities::stderr::PluginStderr::new(log.clone());
     let wasi =
         crate::capabilities::filesystem::wasi_context(data_dir, stderr).map_err(|error| CallFailure::Trapped(format!("{error:#}")))?;
-    let mut outgoing = OutgoingHttp::new(&manifest.name, manifest.grants.outbound.clone(), env.secrets.clone(), env.transport.clone());
     outgoing.denied = env.denied.clone();
     outgoing.max_response_bytes = memory_bytes / 2;
     let mut table = ResourceTable::new();
@@ -220,6 +239,7 @@ fn new_store(plugin: &LoadedPlugin, env: &PluginEnv) -> Result<Store<PluginState
         log,
         history: HistoryReader::new(env.history.clone()),
         outgoing,
+        disk_quota: plugin.disk_quota.clone(),
     };
     let mut store = Store::new(plugin.pre.engine(), state);
     store.limiter(|state| &mut state.limits);

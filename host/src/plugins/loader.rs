@@ -13,10 +13,11 @@ use wasmtime::{Config, Engine};
 
 use super::cache::{ComponentCache, Origin};
 use super::instance::PluginState;
-use super::manifest::Manifest;
+use super::manifest::{Access, Manifest};
 use crate::bindings::connector_async::exports::telemetry::connector::{http_handler, telemetry_connector};
 use crate::bindings::names;
 use crate::capabilities;
+use crate::capabilities::disk_quota::DiskQuota;
 
 /// How often the epoch advances: the granularity of call time limits.
 pub const EPOCH_TICK: Duration = Duration::from_millis(5);
@@ -71,6 +72,9 @@ pub struct LoadedPlugin {
     pub http_handler: Option<http_handler::GuestIndices>,
     /// The host path of the granted data directory.
     pub data_dir: Option<PathBuf>,
+    /// The plugin's allowance in its data directory, when it may write there; shared by
+    /// all its instances.
+    pub disk_quota: Option<Arc<DiskQuota>>,
     pub load_time: Duration,
     pub origin: Origin,
     /// Whether it was compiled with Cranelift's inlining (`compile.inlining`).
@@ -194,6 +198,14 @@ impl Runtime {
             Some(grant) => Some(capabilities::filesystem::prepare_data_dir(grant, data_root).with_context(context)?),
             None => None,
         };
+        let disk_quota = match (&data_dir, &manifest.grants.data_dir) {
+            (Some(dir), Some(grant)) if grant.access == Access::ReadWrite => Some(Arc::new(
+                DiskQuota::measure(&manifest.name, dir, manifest.limits.disk_mb)
+                    .with_context(|| format!("cannot measure data directory {}", dir.display()))
+                    .with_context(context)?,
+            )),
+            _ => None,
+        };
         let linker = if inlined { &self.inlining.linker } else { &self.plain.linker };
         let pre = linker.instantiate_pre(&component).map_err(anyhow::Error::from).with_context(context)?;
         let connector = telemetry_connector::GuestIndices::new(&pre).map_err(anyhow::Error::from).with_context(context)?;
@@ -201,7 +213,7 @@ impl Runtime {
             true => Some(http_handler::GuestIndices::new(&pre).map_err(anyhow::Error::from).with_context(context)?),
             false => None,
         };
-        Ok(LoadedPlugin { manifest, pre, connector, http_handler, data_dir, load_time: started.elapsed(), origin, inlined })
+        Ok(LoadedPlugin { manifest, pre, connector, http_handler, data_dir, disk_quota, load_time: started.elapsed(), origin, inlined })
     }
 }
 
@@ -216,6 +228,7 @@ impl Backend {
         let engine = Engine::new(&config)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        capabilities::disk_quota::add_to_linker(&mut linker)?;
         capabilities::log::add_to_linker(&mut linker, |state: &mut PluginState| &mut state.log)?;
         capabilities::history::add_to_linker(&mut linker, |state: &mut PluginState| &mut state.history)?;
         capabilities::outgoing_http::add_to_linker(&mut linker, |state: &mut PluginState| &mut state.outgoing)?;

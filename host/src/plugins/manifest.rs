@@ -119,6 +119,15 @@ pub struct Limits {
     /// keeps the rest of its descriptors for itself.
     #[serde(default = "default_handles")]
     pub handles: u32,
+    /// Space the plugin may take in its writable data directory, in MiB
+    /// (`capabilities::disk_quota`). Past it a write fails in the plugin as on a full disk.
+    /// The default keeps one plugin from filling the disk the history lives on.
+    #[serde(default = "default_disk_mb")]
+    pub disk_mb: u64,
+}
+
+fn default_disk_mb() -> u64 {
+    1024
 }
 
 fn default_handles() -> u32 {
@@ -142,6 +151,7 @@ impl Default for Limits {
             call_timeout_ms: default_call_timeout_ms(),
             http_instances: default_http_instances(),
             handles: default_handles(),
+            disk_mb: default_disk_mb(),
         }
     }
 }
@@ -189,6 +199,7 @@ impl Manifest {
         anyhow::ensure!(self.limits.call_timeout_ms >= 1, "limits.call_timeout_ms must be at least 1");
         anyhow::ensure!((1..=64).contains(&self.limits.http_instances), "limits.http_instances must be between 1 and 64");
         anyhow::ensure!((16..=4096).contains(&self.limits.handles), "limits.handles must be between 16 and 4096");
+        anyhow::ensure!(self.limits.disk_mb >= 1, "limits.disk_mb must be at least 1");
         if let Some(listen) = &self.grants.listen {
             match (&listen.address, &listen.prefix) {
                 (Some(_), Some(_)) | (None, None) => bail!("grants.listen needs exactly one of `address` or `prefix`"),

@@ -43,6 +43,8 @@ pub struct PluginStats {
     pub denied: Arc<AtomicU64>,
     /// The plugin's log lines over its allowance, dropped.
     pub log_budget: Arc<crate::capabilities::log::LogBudget>,
+    /// Its allowance in its data directory, when it may write there.
+    pub disk_quota: Option<Arc<crate::capabilities::disk_quota::DiskQuota>>,
     /// The plugin refused its configuration and is disabled until the host restarts.
     pub disabled: AtomicBool,
     /// The last failure, as logged.
@@ -156,6 +158,7 @@ impl PluginRunner {
             cursor: AtomicU64::new(cursor.next_row),
             denied: env.denied.clone(),
             log_budget: env.log_budget.clone(),
+            disk_quota: plugin.disk_quota.clone(),
             ..PluginStats::default()
         });
         let name = plugin.manifest.name.clone();

@@ -145,6 +145,13 @@ impl HostProcess {
         self.figures().and_then(|figures| figures.get(name).copied()).unwrap_or(-1.0)
     }
 
+    /// Kibibytes of the host's `field` in /proc (`VmRSS` now, `VmHWM` at its peak).
+    pub fn memory_kib(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let line = status.lines().find(|line| line.starts_with(field)).unwrap_or_else(|| panic!("no {field} in /proc status"));
+        line.split_whitespace().nth(1).and_then(|kib| kib.parse().ok()).unwrap()
+    }
+
     pub fn kill_hard(mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
@@ -242,4 +249,17 @@ pub fn wrk(url: &str, script: &Path, threads: usize, connections: usize, seconds
         p99: duration(field("99%")),
         errors: field("Non-2xx or 3xx responses:").parse().unwrap_or(0),
     }
+}
+
+/// A component of the `connector` world made from a hand-written core module,
+/// `tests/fixtures/wat/NAME.wat`: for what no guest language emits (several memories, a
+/// huge table).
+pub fn component_from_wat(name: &str) -> Vec<u8> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut module = wat::parse_file(root.join(format!("tests/fixtures/wat/{name}.wat"))).unwrap();
+    let mut resolve = wit_parser::Resolve::default();
+    let (package, _) = resolve.push_dir(root.join("wit")).unwrap();
+    let world = resolve.select_world(&[package], Some("connector")).unwrap();
+    wit_component::embed_component_metadata(&mut module, &resolve, world, wit_component::StringEncoding::UTF8, false).unwrap();
+    wit_component::ComponentEncoder::default().module(&module).unwrap().validate(true).encode().unwrap()
 }
