@@ -178,7 +178,8 @@ fn a_fatal_status_stops_the_stream_and_is_reported() {
     assert!(wait_until(WAIT, || host.log_text("wandb").contains("W&B refused the data")), "{}", host.log_text("wandb"));
     let sent = standin.requests().len();
     host.feed(10);
-    std::thread::sleep(Duration::from_millis(1500));
+    // The connector has taken every row (and sent none of them) before we look.
+    assert!(host.wait_for_cursor("wandb", 30, WAIT), "the connector stopped taking rows");
     host.stop();
     let log = host.log_text("wandb");
     assert!(log.contains("HTTP 400") && log.contains("no more data is sent to this run"), "{log}");
@@ -203,6 +204,35 @@ fn a_host_restart_continues_the_same_run_at_the_next_offset() {
     let (_, run) = standin.only_run();
     let steps: Vec<i64> = lines(&run).iter().map(|line| line["_step"].as_i64().unwrap()).collect();
     assert_eq!(steps, (0..60).collect::<Vec<_>>(), "one run, steps still increasing after the restart");
+}
+
+#[test]
+fn a_resumed_run_keeps_the_summary_keys_not_logged_since() {
+    let standin = StandIn::start();
+    let shared = tempfile::tempdir().unwrap();
+    for round in 0..2u64 {
+        let root = tempfile::tempdir().unwrap();
+        let mut config = test_config(root.path());
+        config.runtime.data_dir = shared.path().to_path_buf();
+        let mut host = start_host(&standin, root, config, "");
+        for index in 0..20 {
+            // After the restart the workers stop reporting `ep_reward`.
+            let mut sample = sample(round * 20 + index);
+            if round == 1 {
+                sample.as_object_mut().unwrap().remove("ep_reward");
+            }
+            host.push_sample(&sample);
+        }
+        host.stop();
+    }
+    let (_, run) = standin.only_run();
+    let history = lines(&run);
+    assert_eq!(history.len(), 40);
+    let key = history[0].as_object().unwrap().keys().find(|key| !key.starts_with('_') && history[39].get(*key).is_none()).cloned();
+    let key = key.expect("a key logged before the restart only");
+    let summary: Value = serde_json::from_str(run.summary.as_deref().expect("a summary")).unwrap();
+    assert_eq!(summary[&key], history[19][&key], "the summary keeps `{key}` from before the restart: {summary}");
+    assert_eq!(summary["_step"], json!(39), "{summary}");
 }
 
 #[test]

@@ -66,6 +66,9 @@ struct RunState {
     row_sent: u64,
     /// The step of the last accepted line.
     last_step: Option<i64>,
+    /// The summary W&B last accepted: on resume it holds the keys not logged since, as the
+    /// official client's resumed run does.
+    summary: Map<String, Value>,
 }
 
 impl RunState {
@@ -79,6 +82,7 @@ impl RunState {
             lines_sent: value["lines_sent"].as_u64()?,
             row_sent: value["row_sent"].as_u64()?,
             last_step: value["last_step"].as_i64(),
+            summary: value["summary"].as_object().cloned().unwrap_or_default(),
         })
     }
 
@@ -86,6 +90,7 @@ impl RunState {
         let value = json!({
             "run_id": self.run_id, "base_url": self.base_url, "project": self.project, "entity": self.entity,
             "lines_sent": self.lines_sent, "row_sent": self.row_sent, "last_step": self.last_step,
+            "summary": self.summary,
         });
         let temporary = format!("{STATE_FILE}.tmp");
         std::fs::write(&temporary, value.to_string())?;
@@ -382,6 +387,7 @@ impl Stream {
                     self.run.last_step = last_step.or(self.run.last_step);
                     self.run.lines_sent += lines as u64;
                     self.run.row_sent += lines as u64;
+                    self.run.summary = self.summary.clone();
                     if let Err(error) = self.run.save() {
                         log(Level::Warn, &format!("{STATE_FILE}: {error}; a restart may resend lines"));
                     }
@@ -511,6 +517,7 @@ impl Connector for Stream {
             lines_sent: 0,
             row_sent: 0,
             last_step: None,
+            summary: Map::new(),
         });
         if context.next_row < run.row_sent {
             // The host's history started over (it is not durable across host restarts):
@@ -522,11 +529,11 @@ impl Connector for Stream {
             last_line_step: run.last_step,
             queued_row: run.row_sent,
             host_row: context.next_row.max(run.row_sent),
+            summary: run.summary.clone(),
             run,
             settings,
             run_started_ms: context.run_started_ms,
             queue: VecDeque::new(),
-            summary: Map::new(),
             backwards_steps: 0,
             last_request: None,
             last_transmit: None,
