@@ -311,3 +311,43 @@ fn ingest_is_served_while_plugins_compile_and_their_rows_wait_for_them() {
     assert_plugins_got_every_row(dir.path(), &host, 200);
     host.terminate(dir.path());
 }
+
+/// A client that sends half a request's headers and then nothing (slowloris) is cut off at
+/// the header read timeout, ties up no one else meanwhile, and cannot hold up the exit.
+#[test]
+fn a_client_holding_half_a_request_is_cut_off_and_cannot_hold_up_the_exit() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("no-plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    let input = dir.path().join("none.ndjson");
+    std::fs::write(&input, "").unwrap();
+    let port = free_port();
+    write_config(dir.path(), port, "");
+    let host = HostProcess::start_with_plugins(dir.path(), port, input.to_str().unwrap(), &plugins);
+    let half_request = |stream: &mut std::net::TcpStream| {
+        stream.write_all(b"POST /v1/samples HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n").unwrap();
+    };
+    let mut stalled = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    half_request(&mut stalled);
+    let opened = std::time::Instant::now();
+    let client = reqwest::blocking::Client::new();
+    let answered = client.post(format!("http://127.0.0.1:{port}/v1/samples")).body(sample(0)).send().unwrap();
+    assert_eq!(answered.status().as_u16(), 200, "others are served meanwhile");
+    stalled.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut answer = Vec::new();
+    let read = stalled.read_to_end(&mut answer);
+    let cut_after = opened.elapsed();
+    eprintln!("half a request cut off after {cut_after:?}: {read:?}, {:?}", String::from_utf8_lossy(&answer));
+    assert!(read.is_ok(), "the host closes the connection, not the client's read timeout: {read:?}");
+    assert!(cut_after >= Duration::from_secs(9) && cut_after < Duration::from_secs(20), "cut off after {cut_after:?}");
+    // Another one held open across the exit.
+    let mut held = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    half_request(&mut held);
+    let asked = std::time::Instant::now();
+    host.terminate(dir.path());
+    let stopping = asked.elapsed();
+    eprintln!("stopped in {stopping:?} with half a request open");
+    assert!(stopping < Duration::from_secs(8), "the exit took {stopping:?}");
+    assert_eq!(exported_column(dir.path(), "rewards").len(), 1, "the acknowledged sample is stored");
+}

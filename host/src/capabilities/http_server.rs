@@ -101,18 +101,54 @@ async fn bind(
     let address = listener.local_addr()?;
     let state = Routes { own, max_body_bytes, plugins: plugins.clone() };
     let app = host_routes.unwrap_or_default().merge(axum::Router::new().fallback(forward).with_state(state));
-    let (shutdown, mut stopped) = tokio::sync::watch::channel(false);
-    let task = tokio::spawn(async move {
-        // The peer's address is what the admin routes check when no admin token is set.
-        let app = app.into_make_service_with_connect_info::<SocketAddr>();
-        let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-            let _ = stopped.wait_for(|stop| *stop).await;
-        });
-        if let Err(error) = server.await {
-            tracing::error!("HTTP server on {address} failed: {error}");
-        }
-    });
+    let (shutdown, stopped) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(accept_connections(listener, app, stopped));
     Ok(BoundServer { address, plugins: names, shutdown, task })
+}
+
+/// How long a client may take to send a request's headers. Past it the connection is
+/// closed: a client that opens connections and sends half a request ties up nothing.
+pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Serves every connection `listener` accepts with `app` until `stopped` turns true, then
+/// lets the connections finish what they are answering. Hyper reads each request's headers
+/// under `HEADER_READ_TIMEOUT` (axum's own `serve` sets no timer, so it has none). The
+/// connections belong to this task: aborting it drops them all.
+async fn accept_connections(listener: tokio::net::TcpListener, app: axum::Router, mut stopped: tokio::sync::watch::Receiver<bool>) {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of descriptors, most often: wait a moment rather than spin.
+                    tracing::warn!("HTTP server: cannot accept a connection: {error}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = async { drop(stopped.wait_for(|stop| *stop).await) } => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        // The peer's address is what the admin routes check when no admin token is set.
+        let service = hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+            request.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+            tower::ServiceExt::oneshot(app.clone(), request)
+        });
+        let connection = graceful.watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned());
+        connections.spawn(async move {
+            // A client that goes away or times out is no error of the host's.
+            let _ = connection.await;
+        });
+        while connections.try_join_next().is_some() {}
+    }
+    drop(listener);
+    graceful.shutdown().await;
 }
 
 async fn forward(State(state): State<Routes>, request: axum::extract::Request) -> Response {
