@@ -221,18 +221,13 @@ pub fn add_to_linker<T: DiskQuotaView + 'static>(linker: &mut Linker<T>) -> wasm
     let mut types = linker.instance(FILESYSTEM_TYPES)?;
     types.func_wrap_async("[method]descriptor.write", |mut store, (fd, buffer, offset): (Resource<Descriptor>, Vec<u8>, u64)| {
         Box::new(async move {
-            let quota = store.data().disk_quota().cloned();
-            let charged = buffer.len() as u64;
-            if let Some(quota) = &quota
-                && !quota.take(charged)
-            {
-                return Ok((Err(ErrorCode::InsufficientSpace),));
-            }
+            let charged = match Charged::take(store.data(), buffer.len() as u64) {
+                Ok(charged) => charged,
+                Err(refused) => return Ok((Err(refused),)),
+            };
             let mut view = store.data_mut().filesystem();
             let result = HostDescriptor::write(&mut view, fd, buffer, offset).await;
-            if let (Some(quota), Err(_)) = (&quota, &result) {
-                quota.give_back(charged);
-            }
+            charged.settle(result.is_ok());
             outcome(&mut view, result)
         })
     })?;
@@ -256,30 +251,30 @@ pub fn add_to_linker<T: DiskQuotaView + 'static>(linker: &mut Linker<T>) -> wasm
         "[method]descriptor.open-at",
         |mut store, (fd, path_flags, path, open_flags, flags): (Resource<Descriptor>, PathFlags, String, OpenFlags, DescriptorFlags)| {
             Box::new(async move {
-                let creates = open_flags.contains(OpenFlags::CREATE);
                 if open_flags.contains(OpenFlags::TRUNCATE) {
                     note_freed(store.data());
                 }
-                let charge = charge_entry(store.data(), creates);
-                if charge == Charge::Refused {
-                    return Ok((Err(ErrorCode::InsufficientSpace),));
-                }
+                let entry = if open_flags.contains(OpenFlags::CREATE) { ENTRY_BYTES } else { 0 };
+                let charged = match Charged::take(store.data(), entry) {
+                    Ok(charged) => charged,
+                    Err(refused) => return Ok((Err(refused),)),
+                };
                 let mut view = store.data_mut().filesystem();
                 let result = HostDescriptor::open_at(&mut view, fd, path_flags, path, open_flags, flags).await;
-                settle_entry(store.data(), charge, result.is_ok());
+                charged.settle(result.is_ok());
                 outcome(&mut store.data_mut().filesystem(), result)
             })
         },
     )?;
     types.func_wrap_async("[method]descriptor.create-directory-at", |mut store, (fd, path): (Resource<Descriptor>, String)| {
         Box::new(async move {
-            let charge = charge_entry(store.data(), true);
-            if charge == Charge::Refused {
-                return Ok((Err(ErrorCode::InsufficientSpace),));
-            }
+            let charged = match Charged::take(store.data(), ENTRY_BYTES) {
+                Ok(charged) => charged,
+                Err(refused) => return Ok((Err(refused),)),
+            };
             let mut view = store.data_mut().filesystem();
             let result = HostDescriptor::create_directory_at(&mut view, fd, path).await;
-            settle_entry(store.data(), charge, result.is_ok());
+            charged.settle(result.is_ok());
             outcome(&mut store.data_mut().filesystem(), result)
         })
     })?;
@@ -287,13 +282,13 @@ pub fn add_to_linker<T: DiskQuotaView + 'static>(linker: &mut Linker<T>) -> wasm
         "[method]descriptor.symlink-at",
         |mut store, (fd, old_path, new_path): (Resource<Descriptor>, String, String)| {
             Box::new(async move {
-                let charge = charge_entry(store.data(), true);
-                if charge == Charge::Refused {
-                    return Ok((Err(ErrorCode::InsufficientSpace),));
-                }
+                let charged = match Charged::take(store.data(), ENTRY_BYTES) {
+                    Ok(charged) => charged,
+                    Err(refused) => return Ok((Err(refused),)),
+                };
                 let mut view = store.data_mut().filesystem();
                 let result = HostDescriptor::symlink_at(&mut view, fd, old_path, new_path).await;
-                settle_entry(store.data(), charge, result.is_ok());
+                charged.settle(result.is_ok());
                 outcome(&mut store.data_mut().filesystem(), result)
             })
         },
@@ -345,27 +340,27 @@ fn note_freed<T: DiskQuotaView>(state: &T) {
     }
 }
 
-#[derive(PartialEq)]
-enum Charge {
-    /// Nothing to count: no allowance, or nothing new made.
-    Free,
-    Taken,
-    Refused,
+/// Bytes taken from a plugin's allowance for one operation, given back if it fails.
+struct Charged {
+    quota: Option<Arc<DiskQuota>>,
+    bytes: u64,
 }
 
-fn charge_entry<T: DiskQuotaView>(state: &T, makes_entry: bool) -> Charge {
-    match state.disk_quota() {
-        Some(quota) if makes_entry => match quota.take(ENTRY_BYTES) {
-            true => Charge::Taken,
-            false => Charge::Refused,
-        },
-        _ => Charge::Free,
+impl Charged {
+    /// Takes `bytes` from the allowance of `state`'s plugin (nothing when it has none), or
+    /// refuses them as a full disk would.
+    fn take<T: DiskQuotaView>(state: &T, bytes: u64) -> Result<Charged, ErrorCode> {
+        let quota = state.disk_quota().filter(|_| bytes > 0).cloned();
+        match &quota {
+            Some(quota) if !quota.take(bytes) => Err(ErrorCode::InsufficientSpace),
+            _ => Ok(Charged { quota, bytes }),
+        }
     }
-}
 
-fn settle_entry<T: DiskQuotaView>(state: &T, charge: Charge, succeeded: bool) {
-    if let (Charge::Taken, false, Some(quota)) = (charge, succeeded, state.disk_quota()) {
-        quota.give_back(ENTRY_BYTES);
+    fn settle(self, succeeded: bool) {
+        if let (Some(quota), false) = (self.quota, succeeded) {
+            quota.give_back(self.bytes);
+        }
     }
 }
 
